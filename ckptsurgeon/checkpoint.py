@@ -1,0 +1,462 @@
+"""Opening a checkpoint: find its weight files, list its tensors, read their bytes.
+
+``open_checkpoint(path)`` accepts a Hugging Face model directory or a single file (safetensors,
+a sharded index, a torch ``.bin``/``.pt``/``.pth`` in zip or legacy format) and returns a
+:class:`Checkpoint` whose tensor list comes from headers alone for safetensors (torch is not even
+imported). Tensor bytes are read later, in chunks, through :meth:`Checkpoint.reader`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from .dtypes import numel_of
+from .errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedFormatError
+from .safetensors_format import read_header
+
+SAFE_SINGLE = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+BIN_SINGLE = "pytorch_model.bin"
+BIN_INDEX = "pytorch_model.bin.index.json"
+TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+# Root-level files that are weights (never copied beside a new checkpoint: they would be stale).
+_WEIGHT_FILE_RE = re.compile(
+    r"^(.*\.safetensors|.*\.safetensors\.index\.json|pytorch_model.*\.bin|.*\.bin\.index\.json"
+    r"|tf_model.*\.h5|flax_model.*\.msgpack|.*\.pt|.*\.pth|model\.ckpt.*)$"
+)
+
+
+def is_weight_file(name: str) -> bool:
+    """Whether a root-level file name is a weight file (or weight index) of some framework."""
+    return bool(_WEIGHT_FILE_RE.match(name))
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor as listed by a checkpoint: no bytes, just where to find them."""
+
+    name: str
+    dtype: str  # safetensors name: F32, BF16, I64...
+    shape: tuple[int, ...]
+    nbytes: int
+    file: str
+    offset: int | None = None  # absolute file offset of the bytes (safetensors only)
+
+    @property
+    def params(self) -> int:
+        return numel_of(self.shape)
+
+
+@dataclass
+class Checkpoint:
+    """A readable checkpoint. Build it with :func:`open_checkpoint`."""
+
+    path: Path
+    format: str  # "safetensors" or "pytorch"
+    files: list[Path]
+    tensors: list[TensorInfo]
+    metadata: dict[str, str] = field(default_factory=dict)
+    root: Path | None = None  # directory whose other files belong to the checkpoint
+    index_file: Path | None = None
+    aliases: dict[str, str] = field(default_factory=dict)  # tied alias -> canonical (.bin)
+    config: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)  # warnings for the user
+    _stamps: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tensors]
+
+    @property
+    def sharded(self) -> bool:
+        return self.index_file is not None
+
+    def tensor(self, name: str) -> TensorInfo:
+        for info in self.tensors:
+            if info.name == name:
+                return info
+        raise KeyError(name)
+
+    @property
+    def total_params(self) -> int:
+        return sum(t.params for t in self.tensors)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    def reader(self) -> TensorReader:
+        """A context manager that streams tensor bytes: ``with ckpt.reader() as r: ...``."""
+        if self.format == "safetensors":
+            return SafetensorsReader(self)
+        from .torch_bin import BinReader
+
+        return BinReader(self)
+
+    def check_unchanged(self) -> None:
+        """Raise if a source file changed (size or mtime) since it was opened."""
+        for fname, stamp in self._stamps.items():
+            try:
+                st = os.stat(fname)
+            except OSError:
+                st = None
+            if st is None or (st.st_size, st.st_mtime_ns) != stamp:
+                raise CorruptCheckpointError(
+                    "source file changed while it was being read",
+                    fname,
+                    "wait until whatever writes it has finished, then run again",
+                )
+
+
+class TensorReader:
+    """Streams tensor bytes. Subclasses implement :meth:`chunks`; :meth:`copy_to` may be faster."""
+
+    def __init__(self, ckpt: Checkpoint) -> None:
+        self.ckpt = ckpt
+
+    def __enter__(self) -> TensorReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        pass
+
+    def chunks(self, info: TensorInfo, chunk_bytes: int = 8 << 20) -> Iterator[memoryview]:
+        raise NotImplementedError
+
+    def read(self, info: TensorInfo) -> bytes:
+        """All bytes of one tensor (only for small tensors; prefer :meth:`chunks`)."""
+        return b"".join(bytes(c) for c in self.chunks(info))
+
+    def copy_to(self, info: TensorInfo, fd: int) -> None:
+        for chunk in self.chunks(info):
+            _write_all(fd, chunk)
+
+
+def _write_all(fd: int, data: memoryview | bytes) -> None:
+    view = memoryview(data)
+    while view.nbytes:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class SafetensorsReader(TensorReader):
+    def __init__(self, ckpt: Checkpoint) -> None:
+        super().__init__(ckpt)
+        self._fds: dict[str, int] = {}
+        self._fast_copy = hasattr(os, "copy_file_range")
+
+    def _fd(self, fname: str) -> int:
+        fd = self._fds.get(fname)
+        if fd is None:
+            fd = os.open(fname, os.O_RDONLY)
+            self._fds[fname] = fd
+            stamp = self.ckpt._stamps.get(fname)
+            st = os.fstat(fd)
+            if stamp is not None and (st.st_size, st.st_mtime_ns) != stamp:
+                raise CorruptCheckpointError(
+                    "source file changed since its header was read",
+                    fname,
+                    "wait until whatever writes it has finished, then run again",
+                )
+        return fd
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def chunks(self, info: TensorInfo, chunk_bytes: int = 8 << 20) -> Iterator[memoryview]:
+        assert info.offset is not None
+        fd = self._fd(info.file)
+        pos, end = info.offset, info.offset + info.nbytes
+        while pos < end:
+            data = os.pread(fd, min(chunk_bytes, end - pos), pos)
+            if not data:
+                raise CorruptCheckpointError(
+                    "file ended early while reading tensor " + repr(info.name),
+                    info.file,
+                    "the file was truncated; re-download or re-export it",
+                )
+            pos += len(data)
+            yield memoryview(data)
+
+    def copy_to(self, info: TensorInfo, fd: int) -> None:
+        """Copy bytes file-to-file in the kernel (``copy_file_range``), no user-space buffer."""
+        assert info.offset is not None
+        if not self._fast_copy:
+            return super().copy_to(info, fd)
+        src = self._fd(info.file)
+        pos, remaining = info.offset, info.nbytes
+        while remaining:
+            try:
+                n = os.copy_file_range(src, fd, min(remaining, 1 << 30), pos)
+            except OSError:
+                # cross-device or unsupported file system: fall back to plain reads and writes
+                self._fast_copy = False
+                rest = TensorInfo(
+                    info.name, info.dtype, (remaining,), remaining, info.file, pos
+                )
+                for chunk in self.chunks(rest):
+                    _write_all(fd, chunk)
+                return None
+            if n == 0:
+                raise CorruptCheckpointError(
+                    "file ended early while copying tensor " + repr(info.name),
+                    info.file,
+                    "the file was truncated; re-download or re-export it",
+                )
+            pos += n
+            remaining -= n
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Locating weights
+
+
+def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Open a checkpoint directory or file and list its tensors.
+
+    >>> ckpt = open_checkpoint("my-bert")          # doctest: +SKIP
+    >>> ckpt.format, len(ckpt.tensors)             # doctest: +SKIP
+    ('safetensors', 199)
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointNotFoundError(
+            "no such file or directory", str(p), "check the path of the checkpoint"
+        )
+    if p.is_dir():
+        ckpt = _open_dir(p)
+    else:
+        ckpt = _open_file(p)
+    ckpt.config = _read_config(ckpt)
+    return ckpt
+
+
+def _open_dir(d: Path) -> Checkpoint:
+    for fname, opener in (
+        (SAFE_SINGLE, _open_safetensors),
+        (SAFE_INDEX, _open_index),
+        (BIN_SINGLE, _open_torch),
+        (BIN_INDEX, _open_index),
+    ):
+        candidate = d / fname
+        if candidate.exists():
+            ckpt = opener(candidate)
+            ckpt.root = d
+            ckpt.path = d
+            return ckpt
+    entries = sorted(x.name for x in d.iterdir())
+    singles = [n for n in entries if n.endswith(".safetensors") and (d / n).is_file()]
+    if len(singles) == 1:
+        ckpt = _open_safetensors(d / singles[0])
+        ckpt.root, ckpt.path = d, d
+        return ckpt
+    torch_files = [n for n in entries if n.endswith(TORCH_SUFFIXES) and (d / n).is_file()]
+    if not singles and len(torch_files) == 1:
+        ckpt = _open_torch(d / torch_files[0])
+        ckpt.root, ckpt.path = d, d
+        return ckpt
+    listing = ", ".join(entries[:12]) + (", ..." if len(entries) > 12 else "") or "nothing"
+    raise CheckpointNotFoundError(
+        f"no weights found (the directory holds: {listing})",
+        str(d),
+        f"expected {SAFE_SINGLE}, {SAFE_INDEX}, {BIN_SINGLE} or {BIN_INDEX}; "
+        "or pass the weight file itself",
+    )
+
+
+def _open_file(p: Path) -> Checkpoint:
+    name = p.name
+    if name.endswith(".index.json"):
+        ckpt = _open_index(p)
+        ckpt.root = p.parent
+        return ckpt
+    if name.endswith(".safetensors"):
+        return _open_safetensors(p)
+    if name.endswith(TORCH_SUFFIXES):
+        return _open_torch(p)
+    # Unknown extension: sniff the first bytes.
+    with open(p, "rb") as fh:
+        head = fh.read(16)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return _open_torch(p)
+    if len(head) >= 9 and head[8:9] == b"{":
+        return _open_safetensors(p)
+    raise UnsupportedFormatError(
+        "unrecognised checkpoint format",
+        str(p),
+        "give a .safetensors, .index.json, .bin, .pt or .pth file, or a model directory",
+    )
+
+
+def _stamp(p: Path) -> tuple[int, int]:
+    st = p.stat()
+    return (st.st_size, st.st_mtime_ns)
+
+
+def _open_safetensors(p: Path) -> Checkpoint:
+    header = read_header(p)
+    infos = [
+        TensorInfo(e.name, e.dtype, e.shape, e.end - e.begin, str(p), header.data_start + e.begin)
+        for e in header.entries
+    ]
+    return Checkpoint(
+        path=p,
+        format="safetensors",
+        files=[p],
+        tensors=infos,
+        metadata=header.metadata,
+        _stamps={str(p): _stamp(p)},
+    )
+
+
+def _open_torch(p: Path) -> Checkpoint:
+    from .torch_bin import list_torch_file
+
+    infos, aliases, notes = list_torch_file(p)
+    return Checkpoint(
+        path=p,
+        format="pytorch",
+        files=[p],
+        tensors=infos,
+        aliases=aliases,
+        notes=notes,
+        _stamps={str(p): _stamp(p)},
+    )
+
+
+def _check_shard_name(index: Path, shard: Any) -> str:
+    def bad(problem: str) -> CorruptCheckpointError:
+        return CorruptCheckpointError(
+            f"unsafe or invalid shard name {shard!r}: {problem}",
+            str(index),
+            "shard names must be plain file names next to the index",
+        )
+
+    if not isinstance(shard, str) or not shard:
+        raise bad("not a string")
+    if shard.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", shard):
+        raise bad("absolute path")
+    parts = PurePosixPath(shard.replace("\\", "/")).parts
+    if ".." in parts:
+        raise bad("contains '..'")
+    if "\\" in shard or len(parts) != 1:
+        raise bad("contains a directory separator")
+    return shard
+
+
+def _open_index(index: Path) -> Checkpoint:
+    try:
+        obj = json.loads(index.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptCheckpointError(
+            f"index is not valid JSON ({exc})", str(index), "re-export the checkpoint"
+        ) from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("weight_map"), dict):
+        raise CorruptCheckpointError(
+            "index has no 'weight_map' object", str(index), "re-export the checkpoint"
+        )
+    weight_map: dict[str, Any] = obj["weight_map"]
+    is_safe = index.name.endswith(".safetensors.index.json")
+    want_ext = ".safetensors" if is_safe else TORCH_SUFFIXES
+    shards: list[str] = []
+    for shard in weight_map.values():
+        _check_shard_name(index, shard)
+        if shard not in shards:
+            shards.append(shard)
+    for shard in shards:
+        if not shard.endswith(want_ext):
+            raise CorruptCheckpointError(
+                f"shard {shard!r} has the wrong extension for this index",
+                str(index),
+                "a .safetensors index must list .safetensors shards, a .bin index .bin shards",
+            )
+        if not (index.parent / shard).is_file():
+            raise CheckpointNotFoundError(
+                f"shard {shard!r} listed in the index is missing",
+                str(index),
+                "download every shard of the checkpoint into the same directory",
+            )
+    if not shards:
+        raise CorruptCheckpointError(
+            "index lists no tensors", str(index), "re-export the checkpoint"
+        )
+    parts = [
+        (_open_safetensors if is_safe else _open_torch)(index.parent / shard)
+        for shard in sorted(shards, key=_shard_sort_key)
+    ]
+    infos: list[TensorInfo] = []
+    seen: dict[str, str] = {}
+    aliases: dict[str, str] = {}
+    notes: list[str] = []
+    for shard_name, part in zip(sorted(shards, key=_shard_sort_key), parts, strict=True):
+        aliases.update(part.aliases)
+        notes.extend(part.notes)
+        for info in part.tensors:
+            if info.name in seen:
+                raise CorruptCheckpointError(
+                    f"tensor {info.name!r} is stored in two shards ({seen[info.name]}, {shard_name})",
+                    str(index),
+                    "re-export the checkpoint",
+                )
+            seen[info.name] = shard_name
+            listed = weight_map.get(info.name)
+            if listed != shard_name and info.name not in aliases:
+                raise CorruptCheckpointError(
+                    f"tensor {info.name!r} is in shard {shard_name} but the index "
+                    + ("does not list it" if listed is None else f"maps it to {listed}"),
+                    str(index),
+                    "the index and the shards disagree; re-export the checkpoint",
+                )
+            infos.append(info)
+    for name, shard in weight_map.items():
+        if name not in seen:
+            raise CorruptCheckpointError(
+                f"tensor {name!r} is listed in the index but absent from shard {shard}",
+                str(index),
+                "the index and the shards disagree; re-download the shard or re-export",
+            )
+    stamps: dict[str, tuple[int, int]] = {}
+    for part in parts:
+        stamps.update(part._stamps)
+    return Checkpoint(
+        path=index,
+        format="safetensors" if is_safe else "pytorch",
+        files=[index.parent / s for s in sorted(shards, key=_shard_sort_key)],
+        tensors=infos,
+        metadata=parts[0].metadata if parts else {},
+        index_file=index,
+        aliases=aliases,
+        notes=notes,
+        _stamps=stamps,
+    )
+
+
+def _shard_sort_key(name: str) -> tuple[int, str]:
+    match = re.search(r"-(\d+)-of-\d+\.", name)
+    return (int(match.group(1)) if match else 0, name)
+
+
+def _read_config(ckpt: Checkpoint) -> dict[str, Any] | None:
+    base = ckpt.root if ckpt.root is not None else ckpt.path.parent
+    cfg = base / "config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        obj = json.loads(cfg.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        ckpt.notes.append(f"ignored {cfg}: not valid JSON")
+        return None
+    return obj if isinstance(obj, dict) else None

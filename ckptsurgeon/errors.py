@@ -1,0 +1,70 @@
+"""Typed errors. The library raises these; the CLI turns each into one ``Error: ...`` line.
+
+Every message has the shape ``<what> (<file or tensor>): <next step>`` so that a person or a
+pipeline log shows what went wrong, where, and what to do about it. The classes also subclass
+the matching built-in exception so that existing ``except`` clauses keep working.
+"""
+
+from __future__ import annotations
+
+
+class CkptSurgeonError(Exception):
+    """Base class of every error ckptsurgeon raises on purpose."""
+
+    def __init__(self, what: str, where: str = "", hint: str = "") -> None:
+        self.what = what
+        self.where = where
+        self.hint = hint
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        text = self.what
+        if self.where:
+            text += f" ({self.where})"
+        if self.hint:
+            text += f": {self.hint}"
+        return text
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class CheckpointNotFoundError(CkptSurgeonError, FileNotFoundError):
+    """A path does not exist, or a directory holds no weights."""
+
+
+class UnsupportedFormatError(CkptSurgeonError, ValueError):
+    """A file is not a checkpoint format ckptsurgeon reads."""
+
+
+class CorruptCheckpointError(CkptSurgeonError, ValueError):
+    """A checkpoint file or index is malformed, truncated or inconsistent."""
+
+
+class UnsafePickleError(CorruptCheckpointError):
+    """A pickle asks for something beyond plain tensors; it is refused, never executed."""
+
+
+class PatternError(CkptSurgeonError, ValueError):
+    """A selection pattern is malformed or matches nothing."""
+
+
+class SelectionError(CkptSurgeonError, ValueError):
+    """A selection cannot be carried out (no selector, unknown layer stack, tied-weight trap...)."""
+
+
+class InitRuleError(CkptSurgeonError, ValueError):
+    """A selected tensor has no re-initialisation rule."""
+
+
+class DestinationError(CkptSurgeonError, FileExistsError):
+    """The destination exists, is the source, or cannot be written."""
+
+
+class WriteError(CkptSurgeonError, OSError):
+    """Writing the output failed (disk full, permissions...); nothing was left behind."""
+
+
+class VerificationError(CkptSurgeonError, RuntimeError):
+    """The written output does not match what was planned."""

@@ -1,0 +1,202 @@
+"""BERT-family initialisation rules and the deterministic random streams that fill tensors.
+
+The rules match transformers' ``_init_weights`` for BERT, RoBERTa, DistilBERT and ELECTRA in
+distribution (see docs/FACTS.md): LayerNorm weight 1 and bias 0, every other bias 0, embedding
+matrices N(0, std) with the padding row zeroed where the model zeroes it, every other floating
+weight of rank >= 2 N(0, std).
+
+Seeds: a tensor's values depend only on ``(seed, tensor name)``. The tensor is cut into fixed
+chunks of ``CHUNK_ELEMS`` elements and chunk ``k`` is drawn from its own PCG64 stream seeded
+with ``SeedSequence([seed, sha256(name)..., k])``. So the same tensor gets the same values
+whatever else is selected, however the output is sharded, and however many threads draw the
+chunks. Values are drawn in float32 and rounded (to nearest even) into the tensor's dtype.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from .dtypes import DTYPES, from_float32, numel_of
+from .errors import InitRuleError
+
+CHUNK_ELEMS = 1 << 20  # part of the seed contract: changing it changes every value
+DEFAULT_STD = 0.02
+ROBERTA_FAMILY = {
+    "roberta",
+    "xlm-roberta",
+    "xlm-roberta-xl",
+    "camembert",
+    "roberta-prelayernorm",
+    "data2vec-text",
+    "xmod",
+    "longformer",
+}
+_LAYERNORM_RE = re.compile(r"layer_?norm", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How to fill one tensor: ``ones``, ``zeros`` or ``normal`` (optionally a zero row)."""
+
+    kind: str
+    std: float = 0.0
+    zero_row: int | None = None
+
+    def describe(self) -> str:
+        if self.kind == "normal":
+            text = f"normal(0, {self.std:g})"
+            if self.zero_row is not None:
+                text += f", row {self.zero_row} zeroed"
+            return text
+        return self.kind
+
+
+class Skip(Exception):
+    """Raised by :func:`rule_for` for tensors that are never re-initialised (integer buffers)."""
+
+
+def model_type(config: dict[str, Any] | None) -> str:
+    return str((config or {}).get("model_type") or "")
+
+
+def std_from(config: dict[str, Any] | None, override: float | None) -> float:
+    if override is not None:
+        return float(override)
+    value = (config or {}).get("initializer_range")
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return DEFAULT_STD  # missing, or 0.0 which transformers 5 also turns into 0.02
+
+
+def rule_for(
+    name: str,
+    dtype: str,
+    shape: tuple[int, ...],
+    config: dict[str, Any] | None,
+    std: float,
+) -> Rule:
+    """The rule for one tensor, from its name, dtype and shape (and the config's pad token)."""
+    kind = DTYPES[dtype].kind
+    if kind in ("int", "uint", "bool"):
+        raise Skip(f"{dtype} buffer, never re-initialised")
+    if kind != "float":
+        raise InitRuleError(
+            f"no re-initialisation rule for dtype {dtype}",
+            name,
+            "exclude it with -x (its bytes are then copied unchanged)",
+        )
+    parts = name.split(".")
+    leaf = parts[-1]
+    module = parts[-2] if len(parts) > 1 else ""
+    if _LAYERNORM_RE.search(module):
+        if leaf in ("weight", "gamma"):
+            return Rule("ones")
+        if leaf in ("bias", "beta"):
+            return Rule("zeros")
+    if leaf == "bias" or leaf.endswith("_bias"):
+        return Rule("zeros")
+    if leaf == "weight" and module.endswith("embeddings") and len(shape) == 2:
+        cfg = config or {}
+        mtype = model_type(cfg)
+        roberta_like = mtype in ROBERTA_FAMILY or parts[0] == "roberta"
+        if module == "position_embeddings" and (
+            mtype == "distilbert" or parts[0] == "distilbert"
+        ) and cfg.get("sinusoidal_pos_embds"):
+            raise InitRuleError(
+                "DistilBERT sinusoidal position table has no random re-initialisation rule",
+                name,
+                "exclude it with -x; transformers recomputes it, it is not learned",
+            )
+        pad: int | None = None
+        if module == "word_embeddings" or (module == "position_embeddings" and roberta_like):
+            default_pad = 1 if roberta_like else 0
+            raw = cfg.get("pad_token_id", default_pad)
+            pad = raw if isinstance(raw, int) and not isinstance(raw, bool) else None
+            if pad is not None and not 0 <= pad < shape[0]:
+                pad = None
+        return Rule("normal", std, pad)
+    if len(shape) >= 2 and leaf in ("weight", "gamma", "kernel"):
+        return Rule("normal", std)
+    raise InitRuleError(
+        f"no re-initialisation rule for a {len(shape)}-d tensor named like this",
+        name,
+        "exclude it with -x, or select only weights, biases and LayerNorm parameters",
+    )
+
+
+def _name_words(name: str) -> list[int]:
+    digest = hashlib.sha256(name.encode("utf-8")).digest()
+    return [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 32, 4)]
+
+
+def _chunk_values(seed: int, words: list[int], k: int, n: int, std: float) -> Any:
+    import numpy as np
+
+    gen = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, *words, k])))
+    values = gen.standard_normal(n, dtype=np.float32)
+    values *= np.float32(std)
+    return values
+
+
+def generate(
+    name: str,
+    dtype: str,
+    shape: tuple[int, ...],
+    rule: Rule,
+    seed: int,
+    threads: int | None = None,
+) -> Iterator[bytes | memoryview]:
+    """Yield the bytes of a re-initialised tensor, chunk by chunk, in order.
+
+    Memory stays at a few chunks whatever the tensor size; ``threads`` draws chunks in parallel
+    without changing a single value.
+    """
+    import numpy as np
+
+    numel = numel_of(shape)
+    if numel == 0:
+        return
+    if rule.kind in ("ones", "zeros"):
+        fill = np.float32(1.0 if rule.kind == "ones" else 0.0)
+        for start in range(0, numel, CHUNK_ELEMS):
+            n = min(CHUNK_ELEMS, numel - start)
+            yield from_float32(np.full(n, fill, dtype=np.float32), dtype)
+        return
+    words = _name_words(name)
+    row = numel // shape[0] if shape and shape[0] else 0
+    zero = (
+        (rule.zero_row * row, (rule.zero_row + 1) * row) if rule.zero_row is not None else None
+    )
+    n_chunks = -(-numel // CHUNK_ELEMS)
+
+    def make(k: int) -> bytes | memoryview:
+        start = k * CHUNK_ELEMS
+        n = min(CHUNK_ELEMS, numel - start)
+        values = _chunk_values(seed, words, k, n, rule.std)
+        if zero is not None:
+            lo, hi = max(zero[0], start), min(zero[1], start + n)
+            if lo < hi:
+                values[lo - start : hi - start] = 0.0
+        return from_float32(values, dtype)
+
+    workers = threads if threads is not None else (os.cpu_count() or 1)
+    if workers <= 1 or n_chunks <= 1:
+        for k in range(n_chunks):
+            yield make(k)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        window = workers * 2
+        pending = [pool.submit(make, k) for k in range(min(window, n_chunks))]
+        next_k = len(pending)
+        while pending:
+            result = pending.pop(0).result()
+            if next_k < n_chunks:
+                pending.append(pool.submit(make, next_k))
+                next_k += 1
+            yield result

@@ -1,0 +1,114 @@
+"""Selecting tensors for surgery: glob patterns, ``--top-layers``, ``--pooler``, tied groups."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import SelectionError
+from .patterns import select
+
+# The encoder stack of BERT-family models, with or without the model prefix.
+_STACK_RE = re.compile(r"^((?:[A-Za-z_][A-Za-z0-9_]*\.)?(?:encoder|transformer)\.layer)\.(\d+)\.")
+POOLER_PATTERN = "*pooler.dense.*"
+
+
+def find_layer_stacks(names: Sequence[str]) -> dict[str, list[int]]:
+    """``{"bert.encoder.layer": [0, 1, ...]}``: every numbered block stack found in the names."""
+    stacks: dict[str, set[int]] = {}
+    for name in names:
+        match = _STACK_RE.match(name)
+        if match:
+            stacks.setdefault(match.group(1), set()).add(int(match.group(2)))
+    return {prefix: sorted(idx) for prefix, idx in sorted(stacks.items())}
+
+
+def config_layer_count(config: dict[str, Any] | None) -> int | None:
+    cfg = config or {}
+    for key in ("num_hidden_layers", "n_layers", "num_layers"):
+        value = cfg.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def top_layer_patterns(
+    names: Sequence[str], n: int, config: dict[str, Any] | None, where: str
+) -> list[str]:
+    """Patterns for the ``n`` highest-numbered blocks of the encoder stack."""
+    if n <= 0:
+        raise SelectionError(
+            f"--top-layers must be at least 1, got {n}", where, "give a positive layer count"
+        )
+    stacks = find_layer_stacks(names)
+    if not stacks:
+        raise SelectionError(
+            "no encoder layer stack found (looked for '<model>.encoder.layer.N.' and "
+            "'<model>.transformer.layer.N.')",
+            where,
+            "select tensors with -p patterns instead",
+        )
+    if len(stacks) > 1:
+        found = ", ".join(f"{p} ({len(i)} layers)" for p, i in stacks.items())
+        raise SelectionError(
+            f"several layer stacks found: {found}",
+            where,
+            "select layers with -p patterns, e.g. -p '<stack>.{9..11}.*'",
+        )
+    ((prefix, indices),) = stacks.items()
+    count = max(indices) + 1
+    if indices != list(range(count)):
+        missing = sorted(set(range(count)) - set(indices))
+        raise SelectionError(
+            f"layer stack {prefix} has gaps (missing layers {missing})",
+            where,
+            "select layers with -p patterns instead",
+        )
+    expected = config_layer_count(config)
+    if expected is not None and expected != count:
+        raise SelectionError(
+            f"config.json says {expected} layers but the weights have {count} ({prefix}.0-{count - 1})",
+            where,
+            "check that config.json belongs to these weights",
+        )
+    if n > count:
+        raise SelectionError(
+            f"--top-layers {n} is more than the {count} layers found ({prefix}.0-{count - 1})",
+            where,
+            f"give at most {count}",
+        )
+    return [f"{prefix}.{i}.*" for i in range(count - n, count)]
+
+
+def resolve_selection(
+    names: Sequence[str],
+    patterns: Sequence[str],
+    exclude: Sequence[str],
+    *,
+    top_layers: int | None,
+    pooler: bool,
+    config: dict[str, Any] | None,
+    where: str,
+) -> list[str]:
+    """The selected names, in checkpoint order. At least one selector is required."""
+    include = list(patterns)
+    if top_layers is not None:
+        include += top_layer_patterns(names, top_layers, config, where)
+    if pooler:
+        if not any(n for n in names if _is_pooler(n)):
+            raise SelectionError(
+                "no pooler found (looked for '*pooler.dense.*')",
+                where,
+                "this checkpoint has no pooler; drop --pooler",
+            )
+        include.append(POOLER_PATTERN)
+    if not include:
+        raise SelectionError(
+            "nothing selected", where, "give -p PATTERN, --top-layers N or --pooler"
+        )
+    return select(names, include, exclude)
+
+
+def _is_pooler(name: str) -> bool:
+    return ".pooler.dense." in name or name.startswith("pooler.dense.")

@@ -1,0 +1,50 @@
+"""Tied weights: which member of a tied group transformers keeps, and which names are tied."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+# Names transformers writes for the second member of a tied pair; the other member is canonical.
+TIED_ALIAS_SUFFIXES = (
+    "predictions.decoder.weight",
+    "predictions.decoder.bias",
+    "lm_head.decoder.weight",
+    "lm_head.decoder.bias",
+    "vocab_projector.weight",
+    "generator_lm_head.weight",
+)
+
+
+def canonical_of(names: list[str]) -> str:
+    """Pick the member of a tied group that transformers keeps when it saves.
+
+    Aliases are the head-side names (``cls.predictions.decoder.weight``...); of the rest,
+    embeddings win, then the shortest name, then alphabetical order.
+    """
+    candidates = [n for n in names if not n.endswith(TIED_ALIAS_SUFFIXES)] or list(names)
+    return sorted(candidates, key=lambda n: ("embeddings" not in n, len(n), n))[0]
+
+
+def name_ties(names: Sequence[str], config: dict[str, Any] | None) -> dict[str, str]:
+    """Tied pairs present as separate tensors (e.g. in safetensors): ``{alias: canonical}``.
+
+    Follows transformers: head decoders are tied to the word embeddings (unless the config says
+    ``tie_word_embeddings: false``) and decoder biases to the head bias.
+    """
+    present = set(names)
+    ties: dict[str, str] = {}
+    tie_embeddings = (config or {}).get("tie_word_embeddings", True) is not False
+    word = [n for n in names if n.endswith("embeddings.word_embeddings.weight")]
+    for name in names:
+        if not name.endswith(TIED_ALIAS_SUFFIXES):
+            continue
+        if name.endswith(".decoder.bias"):
+            target = name[: -len("decoder.bias")] + "bias"
+            if target in present:
+                ties[name] = target
+        elif tie_embeddings and len(word) >= 1:
+            # ELECTRA's generator head ties to the generator's embeddings when it has its own
+            candidates = [w for w in word if w.split(".")[0] == name.split(".")[0]] or word
+            ties[name] = candidates[0]
+    return ties

@@ -1,0 +1,359 @@
+"""The streaming safetensors writer.
+
+The header depends only on names, dtypes and shapes, so it is computed and written first; each
+tensor's bytes are then streamed in by a caller-supplied ``emit`` function (a kernel-side copy
+for kept tensors, chunked generation for re-initialised ones). Peak memory is one chunk, not
+one checkpoint.
+
+Publishing is atomic: everything is written into a temporary sibling of DEST
+(``.<name>.ckptsurgeon-tmp``), flushed with fsync, reopened and verified, and only then renamed
+into place. A temp left behind by a killed run is removed by the next run.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .checkpoint import (
+    SAFE_INDEX,
+    SAFE_SINGLE,
+    Checkpoint,
+    is_weight_file,
+    open_checkpoint,
+)
+from .dtypes import DTYPES
+from .errors import CkptSurgeonError, DestinationError, VerificationError, WriteError
+from .safetensors_format import build_header
+
+DEFAULT_MAX_SHARD_SIZE = 5 * 10**9
+TMP_SUFFIX = ".ckptsurgeon-tmp"
+OLD_SUFFIX = ".ckptsurgeon-old"
+
+
+@dataclass(frozen=True)
+class OutTensor:
+    """A tensor to write: its header fields. Bytes come from the writer's ``emit`` callback."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    destination: Path
+    files: tuple[str, ...]  # weight files written, relative to destination (or its name)
+    copied: tuple[str, ...]  # other files copied from the source root
+    total_bytes: int
+    tensors: int
+
+
+@dataclass
+class ShardPlan:
+    filename: str
+    tensors: list[OutTensor] = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+
+def plan_shards(
+    sizes: Sequence[tuple[str, int]], max_shard_size: int
+) -> list[list[str]]:
+    """Split tensor names into shards, in order, each at most ``max_shard_size`` bytes.
+
+    A pure function over sizes, as transformers does it: a tensor that would push the current
+    shard past the limit starts a new shard; a tensor larger than the limit gets a shard alone.
+
+    >>> plan_shards([("a", 4), ("b", 4), ("c", 4)], 8)
+    [['a', 'b'], ['c']]
+    """
+    shards: list[list[str]] = []
+    current: list[str] = []
+    current_size = 0
+    for name, size in sizes:
+        if current and current_size + size > max_shard_size:
+            shards.append(current)
+            current, current_size = [], 0
+        current.append(name)
+        current_size += size
+    if current or not shards:
+        shards.append(current)
+    return shards
+
+
+def shard_filename(i: int, n: int) -> str:
+    return f"model-{i:05d}-of-{n:05d}.safetensors"
+
+
+def data_order(tensors: Sequence[OutTensor]) -> list[OutTensor]:
+    """Order tensors in a file's data buffer: widest dtype first, so every tensor is aligned."""
+    indexed = list(enumerate(tensors))
+    indexed.sort(key=lambda it: (-DTYPES[it[1].dtype].bits, it[0]))
+    return [t for _, t in indexed]
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_destination(src: Checkpoint, dest: Path, overwrite: bool) -> None:
+    """Refuse DEST when it is the source, one of its files, inside it, or exists (without
+    ``overwrite``). Called before anything is read or written."""
+    dest_abs = Path(os.path.abspath(dest))
+    protected = [Path(os.path.abspath(p)) for p in [src.path, *src.files]]
+    if src.index_file is not None:
+        protected.append(Path(os.path.abspath(src.index_file)))
+    for p in protected:
+        if dest_abs == p or _same_path(dest_abs, p):
+            raise DestinationError(
+                "destination is the source checkpoint", str(dest), "choose a new path for the output"
+            )
+    if src.root is not None:
+        root_abs = Path(os.path.abspath(src.root))
+        if root_abs in dest_abs.parents:
+            raise DestinationError(
+                "destination is inside the source directory",
+                str(dest),
+                "write the output outside the source checkpoint",
+            )
+    if dest_abs.exists() or dest_abs.is_symlink():
+        if not overwrite:
+            raise DestinationError(
+                "destination already exists", str(dest), "choose a new path or pass --overwrite"
+            )
+        if dest.suffix == ".safetensors" and dest_abs.is_dir():
+            raise DestinationError(
+                "destination ends in .safetensors but is a directory",
+                str(dest),
+                "remove it or choose another path",
+            )
+    parent = dest_abs.parent
+    if not parent.is_dir():
+        raise DestinationError(
+            "the destination's parent directory does not exist",
+            str(parent),
+            "create it first",
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DestinationError(
+            "cannot write to the destination's directory (permission denied)",
+            str(parent),
+            "choose a writable location",
+        )
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_safetensors(
+    path: Path,
+    tensors: Sequence[OutTensor],
+    metadata: dict[str, str],
+    emit: Callable[[OutTensor, int], None],
+) -> None:
+    """Write one safetensors file: header first, then each tensor's bytes via ``emit``.
+
+    ``emit(tensor, fd)`` must write exactly ``tensor.nbytes`` bytes to ``fd``; this is checked.
+    """
+    ordered = data_order(tensors)
+    header, _ = build_header([(t.name, t.dtype, t.shape, t.nbytes) for t in ordered], metadata)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        _write_all(fd, header)
+        pos = len(header)
+        for t in ordered:
+            emit(t, fd)
+            pos += t.nbytes
+            now = os.lseek(fd, 0, os.SEEK_CUR)
+            if now != pos:
+                raise VerificationError(
+                    f"wrote {now - pos + t.nbytes} bytes for tensor {t.name!r}, expected {t.nbytes}",
+                    str(path),
+                    "this is a bug in ckptsurgeon; please report it",
+                )
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view.nbytes:
+        view = view[os.write(fd, view) :]
+
+
+def copy_extra_files(src: Checkpoint, target_dir: Path) -> list[str]:
+    """Copy every non-weight file and subfolder of the source root (config, tokenizer, modules)."""
+    if src.root is None:
+        return []
+    copied: list[str] = []
+    for entry in sorted(src.root.iterdir(), key=lambda p: p.name):
+        if entry.name.endswith((TMP_SUFFIX, OLD_SUFFIX)):
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, target_dir / entry.name, symlinks=False)
+            copied.append(entry.name + "/")
+        elif entry.is_file() and not is_weight_file(entry.name):
+            shutil.copyfile(entry, target_dir / entry.name)
+            copied.append(entry.name)
+    return copied
+
+
+def write_checkpoint(
+    src: Checkpoint,
+    dest: str | os.PathLike[str],
+    tensors: Sequence[OutTensor],
+    emit: Callable[[OutTensor, int], None],
+    metadata: dict[str, str],
+    *,
+    max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
+    overwrite: bool = False,
+) -> WriteResult:
+    """Write ``tensors`` as a new safetensors checkpoint at ``dest``, atomically, and verify it.
+
+    ``dest`` ending in ``.safetensors`` is a single file; anything else is a directory in the
+    Hugging Face layout (sharded past ``max_shard_size``), with the source's other files copied.
+    """
+    dest = Path(dest)
+    check_destination(src, dest, overwrite)
+    meta = {"format": "pt", **metadata}
+    tmp = dest.parent / f".{dest.name}{TMP_SUFFIX}"
+    _remove(tmp)  # a temp left by a killed run
+    single_file = dest.name.endswith(".safetensors")
+    try:
+        if single_file:
+            write_safetensors(tmp, tensors, meta, emit)
+            files: tuple[str, ...] = (dest.name,)
+            copied: list[str] = []
+            _verify(tmp, tensors)
+        else:
+            tmp.mkdir()
+            files = _write_dir(tmp, tensors, meta, emit, max_shard_size)
+            copied = copy_extra_files(src, tmp)
+            _verify(tmp, tensors)
+            _fsync_dir(tmp)
+        src.check_unchanged()
+        _publish(tmp, dest, overwrite)
+    except BaseException as exc:
+        _remove(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, CkptSurgeonError):
+            raise _write_error(exc, dest) from exc
+        raise
+    _fsync_dir(dest.parent)
+    return WriteResult(
+        destination=dest,
+        files=files,
+        copied=tuple(copied),
+        total_bytes=sum(t.nbytes for t in tensors),
+        tensors=len(tensors),
+    )
+
+
+def _write_error(exc: OSError, dest: Path) -> WriteError:
+    if exc.errno == errno.ENOSPC:
+        what, hint = "no space left on device", "free some space or write elsewhere"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        what, hint = "permission denied while writing", "choose a writable location"
+    else:
+        what, hint = f"writing failed ({exc.strerror or exc})", "check the destination"
+    return WriteError(what + "; nothing was written", str(dest), hint)
+
+
+def _write_dir(
+    tmp: Path,
+    tensors: Sequence[OutTensor],
+    meta: dict[str, str],
+    emit: Callable[[OutTensor, int], None],
+    max_shard_size: int,
+) -> tuple[str, ...]:
+    by_name = {t.name: t for t in tensors}
+    groups = plan_shards([(t.name, t.nbytes) for t in tensors], max_shard_size)
+    if len(groups) == 1:
+        write_safetensors(tmp / SAFE_SINGLE, tensors, meta, emit)
+        return (SAFE_SINGLE,)
+    names = [shard_filename(i + 1, len(groups)) for i in range(len(groups))]
+    weight_map: dict[str, str] = {}
+    for fname, group in zip(names, groups, strict=True):
+        write_safetensors(tmp / fname, [by_name[n] for n in group], meta, emit)
+        weight_map.update({n: fname for n in group})
+    index = {
+        "metadata": {"total_size": sum(t.nbytes for t in tensors)},
+        "weight_map": dict(sorted(weight_map.items())),
+    }
+    text = json.dumps(index, indent=2, sort_keys=True) + "\n"
+    fd = os.open(tmp / SAFE_INDEX, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        _write_all(fd, text.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return (*names, SAFE_INDEX)
+
+
+def _verify(path: Path, tensors: Sequence[OutTensor]) -> None:
+    """Reopen what was written and check names, dtypes, shapes and sizes against the plan."""
+    try:
+        out = open_checkpoint(path)
+    except CkptSurgeonError as exc:
+        raise VerificationError(
+            f"the written output does not read back ({exc.what})",
+            str(path),
+            "this is a bug in ckptsurgeon; please report it",
+        ) from exc
+    got = {t.name: (t.dtype, t.shape, t.nbytes) for t in out.tensors}
+    want = {t.name: (t.dtype, t.shape, t.nbytes) for t in tensors}
+    if got != want:
+        diff = sorted(set(got.items()) ^ set(want.items()))[:3]
+        raise VerificationError(
+            f"the written output differs from the plan: {diff}",
+            str(path),
+            "this is a bug in ckptsurgeon; please report it",
+        )
+
+
+def _publish(tmp: Path, dest: Path, overwrite: bool) -> None:
+    if dest.exists() or dest.is_symlink():
+        if not overwrite:  # appeared while we were writing
+            raise DestinationError(
+                "destination appeared while writing", str(dest), "choose a new path or pass --overwrite"
+            )
+        if dest.is_dir() and not dest.is_symlink():
+            old = dest.parent / f".{dest.name}{OLD_SUFFIX}"
+            _remove(old)
+            os.rename(dest, old)
+            os.rename(tmp, dest)
+            _remove(old)
+            return
+    os.replace(tmp, dest)
