@@ -1,0 +1,149 @@
+"""The command line through CliRunner: exact output, JSON, exit codes, destinations."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from ckptsurgeon.cli import main
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_inspect_text(model_store):
+    src = model_store("bert-seqcls", "safetensors")
+    code, out, err = run("inspect", src, "-p", "*pooler*")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "format:     safetensors"
+    assert lines[2:7] == [
+        "tensors:    2",
+        "parameters: 1,056",
+        "bytes:      4,224 (4.2 KB)",
+        "dtypes:     F32 (2)",
+        "metadata:   format=pt",
+    ]
+    assert lines[-3:] == [
+        "name                      dtype  shape     params",
+        "bert.pooler.dense.bias    F32    [32]      32",
+        "bert.pooler.dense.weight  F32    [32, 32]  1,024",
+    ]
+
+
+def test_inspect_json_and_stats(model_store):
+    src = model_store("bert", "bin")
+    code, out, _ = run("inspect", src, "--json", "--stats", "-p", "*.LayerNorm.*", "-p", "cls.predictions.decoder.weight")
+    assert code == 0
+    obj = json.loads(out)
+    assert {"format", "files", "metadata", "total_params", "total_bytes", "tensors"} <= set(obj)
+    assert obj["format"] == "pytorch"
+    row = next(t for t in obj["tensors"] if t["name"] == "cls.predictions.decoder.weight")
+    assert row["tied_to"] == "bert.embeddings.word_embeddings.weight"
+    assert row["dtype"] == "F32" and row["shape"] == [99, 32] and row["params"] == 3168
+    for t in obj["tensors"]:
+        assert set(t) >= {"name", "dtype", "shape", "params", "mean", "std", "min", "max", "nan", "inf"}
+    assert obj["total_params"] == sum(t["params"] for t in obj["tensors"])
+
+
+def test_stats_values(tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    values = np.array([1.0, 2.0, np.nan, np.inf, 3.0], dtype=np.float32)
+    save_file({"v": values}, str(tmp_path / "x.safetensors"), metadata={"format": "pt"})
+    code, out, _ = run("inspect", tmp_path / "x.safetensors", "--json", "--stats")
+    row = json.loads(out)["tensors"][0]
+    assert row["nan"] == 1 and row["inf"] == 1
+    assert row["mean"] == pytest.approx(2.0) and row["min"] == 1.0 and row["max"] == 3.0
+    assert row["std"] == pytest.approx(np.std([1.0, 2.0, 3.0]))
+
+
+def test_reinit_cli_summary_and_json(model_store, tmp_path):
+    src = model_store("bert-seqcls")
+    code, out, err = run("reinit", src, tmp_path / "o", "--top-layers", "1", "--pooler", "--json")
+    assert code == 0, err
+    obj = json.loads(out)
+    assert {"operation", "source", "destination", "seed", "std", "tensors", "skipped"} <= set(obj)
+    assert obj["operation"] == "reinit" and obj["seed"] == 0 and obj["std"] == 0.02
+    assert obj["reinitialized"] == 18 and obj["dry_run"] is False
+    assert {t["action"] for t in obj["tensors"]} == {"reinit"}
+    assert all(set(t) >= {"name", "action", "rule"} for t in obj["tensors"])
+    code, out, _ = run("reinit", src, tmp_path / "p", "-p", "bert.pooler.*", "--seed", "3")
+    assert code == 0
+    assert "2 tensors re-initialised (1,056 parameters), " in out
+    assert f"wrote {tmp_path / 'p'} (model.safetensors; " in out
+
+
+def test_dry_run_writes_nothing(model_store, tmp_path):
+    code, out, _ = run("drop", model_store("bert"), tmp_path / "o", "-p", "cls.*", "--dry-run")
+    assert code == 0
+    assert out.splitlines()[-1] == "dry run: 5 tensors dropped (1,219 parameters), 69 kept; nothing written"
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["inspect", "{tmp}/missing"], "Error: no such file or directory ({tmp}/missing): check the path of the checkpoint"),
+        (["reinit", "{src}", "{tmp}/o"], "Error: nothing selected ({src}): give -p PATTERN, --top-layers N or --pooler"),
+        (["drop", "{src}", "{tmp}/o"], "Error: nothing selected ({src}): give at least one -p PATTERN"),
+        (["reinit", "{src}", "{src}", "-p", "*", "--overwrite"], "Error: destination is the source checkpoint ({src}): choose a new path for the output"),
+        (["convert", "{src}", "{src}/model.safetensors", "--overwrite"], "Error: destination is the source checkpoint ({src}/model.safetensors): choose a new path for the output"),
+        (["convert", "{src}", "{tmp}", "--max-shard-size", "5XB"], "Error: Invalid value for '--max-shard-size': '5XB' is not a size"),
+        (["reinit", "{src}", "{tmp}/o", "--top-layers", "9"], "Error: --top-layers 9 is more than the 4 layers found (bert.encoder.layer.0-3) ({src}): give at most 4"),
+        (["drop", "{src}", "{tmp}/o", "-p", "a{{b"], "Error: unbalanced '{{' in pattern (a{{b): close every '{{' with '}}'"),
+    ],
+)
+def test_errors_are_one_line_exit_2(model_store, tmp_path, args, message):
+    src = model_store("bert")
+    fmt = {"tmp": tmp_path, "src": src}
+    code, out, err = run(*[a.format(**fmt) for a in args])
+    assert code == 2
+    assert out == ""
+    assert err.startswith(message.format(**fmt)), err
+    assert "Traceback" not in err
+
+
+def test_existing_destination_and_overwrite(model_store, tmp_path):
+    src = model_store("bert")
+    dest = tmp_path / "o"
+    dest.mkdir()
+    (dest / "old.txt").write_text("x")
+    code, _, err = run("convert", src, dest)
+    assert code == 2 and err == f"Error: destination already exists ({dest}): choose a new path or pass --overwrite\n"
+    code, _, err = run("convert", src, dest, "--overwrite")
+    assert code == 0, err
+    assert not (dest / "old.txt").exists() and (dest / "model.safetensors").exists()
+    assert not [p for p in tmp_path.iterdir() if "ckptsurgeon" in p.name]
+
+
+def test_destination_inside_source_refused(src_copy):
+    src = src_copy("bert")
+    code, _, err = run("convert", src, src / "sub")
+    assert code == 2 and err.startswith(f"Error: destination is inside the source directory ({src / 'sub'})")
+
+
+def test_debug_shows_traceback(tmp_path):
+    result = CliRunner().invoke(main, ["--debug", "inspect", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert "Traceback" in result.stderr and "CheckpointNotFoundError" in result.stderr
+
+
+def test_module_entry_point_and_version():
+    out = subprocess.run(
+        [sys.executable, "-m", "ckptsurgeon", "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "ckptsurgeon, version 0.1.0"
+
+
+def test_help_does_not_import_torch():
+    code = "import sys\nfrom ckptsurgeon.cli import main\nassert 'torch' not in sys.modules\n"
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})

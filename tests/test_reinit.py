@@ -1,0 +1,256 @@
+"""reinit: selection, BERT's rules, determinism, tied weights, errors; loads with from_pretrained."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+import torch
+from conftest import LAYOUTS, assert_bitwise_equal, load_model, reference_state
+
+from ckptsurgeon import InitRuleError, PatternError, SelectionError, open_checkpoint, reinit
+from ckptsurgeon.init_rules import CHUNK_ELEMS, Rule, generate
+
+TOP = {"bert": 2, "bert-seqcls": 2, "roberta": 2, "distilbert": 2, "electra": 2}
+HAS_POOLER = {"bert": False, "bert-seqcls": True, "roberta": False, "distilbert": False, "electra": False}
+STACK = {
+    "bert": "bert.encoder.layer",
+    "bert-seqcls": "bert.encoder.layer",
+    "roberta": "roberta.encoder.layer",
+    "distilbert": "distilbert.transformer.layer",
+    "electra": "electra.encoder.layer",
+}
+N_LAYERS = {"bert": 4, "bert-seqcls": 3, "roberta": 3, "distilbert": 3, "electra": 3}
+
+
+def check_rule(name: str, t: torch.Tensor, std: float = 0.02) -> None:
+    """The value-level contract of each rule."""
+    leaf = name.rsplit(".", 1)[-1]
+    module = name.rsplit(".", 2)[-2]
+    if re.search("layer_?norm", module, re.I):
+        expected = 1.0 if leaf == "weight" else 0.0
+        assert torch.all(t == expected), name
+    elif leaf == "bias":
+        assert torch.all(t == 0), name
+    else:
+        assert t.dim() == 2, name
+        assert t.abs().max() < 8 * std, name
+        assert t.float().std() == pytest.approx(std, rel=0.35), name
+
+
+@pytest.mark.roundtrip
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("family", sorted(TOP))
+def test_reinit_top_layers_loads_and_follows_rules(model_store, tmp_path, family, layout):
+    src = model_store(family, layout)
+    dest = tmp_path / "out"
+    result = reinit(
+        src, dest, top_layers=TOP[family], pooler=HAS_POOLER[family], seed=0
+    )
+    top = [f"{STACK[family]}.{i}." for i in range(N_LAYERS[family] - TOP[family], N_LAYERS[family])]
+
+    def selected(n: str) -> bool:
+        return any(n.startswith(p) for p in top) or (HAS_POOLER[family] and ".pooler.dense." in n)
+
+    reinit_names = {t.name for t in result.plan.tensors if t.action == "reinit"}
+    source = reference_state(src)
+    expected = {n for n in source if selected(n)}
+    assert reinit_names == expected
+    written = reference_state(dest)
+    for name, tensor in written.items():
+        if name in reinit_names:
+            check_rule(name, tensor)
+            assert not torch.equal(tensor, source[name]) or "LayerNorm" in name, name
+        else:
+            assert_bitwise_equal(tensor, source[name], name)
+
+    model, info = load_model(dest, family)
+    assert info["missing_keys"] == [] or set(info["missing_keys"]) <= set(result.plan.aliases)
+    assert info["unexpected_keys"] == []
+    state = model.state_dict()
+    for name in written:
+        assert_bitwise_equal(state[name], written[name], name)
+
+
+def test_padding_rows_and_embeddings(model_store, tmp_path):
+    bert = reinit(model_store("bert"), tmp_path / "b", ["bert.embeddings.*"])
+    out = reference_state(tmp_path / "b")
+    word = out["bert.embeddings.word_embeddings.weight"]
+    assert torch.all(word[0] == 0) and torch.all(word[1:] != 0)
+    assert torch.all(out["bert.embeddings.position_embeddings.weight"][0] != 0)
+    assert torch.all(out["bert.embeddings.token_type_embeddings.weight"][0] != 0)
+    rules = {t.name: t.rule for t in bert.plan.tensors if t.action == "reinit"}
+    assert rules["bert.embeddings.word_embeddings.weight"] == "normal(0, 0.02), row 0 zeroed"
+    assert rules["bert.embeddings.LayerNorm.weight"] == "ones"
+
+    reinit(model_store("roberta"), tmp_path / "r", ["roberta.embeddings.*"])
+    out = reference_state(tmp_path / "r")
+    for name in ("word_embeddings", "position_embeddings"):
+        t = out[f"roberta.embeddings.{name}.weight"]
+        assert torch.all(t[1] == 0) and torch.all(t[0] != 0), name
+    assert torch.all(out["roberta.embeddings.token_type_embeddings.weight"][0] != 0)
+
+
+def test_std_from_config_and_flag(src_copy, tmp_path):
+    src = src_copy("bert")
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["initializer_range"] = 0.05
+    (src / "config.json").write_text(json.dumps(cfg))
+    res = reinit(src, tmp_path / "a", ["bert.encoder.layer.0.intermediate.dense.weight"])
+    assert res.plan.std == 0.05
+    t = reference_state(tmp_path / "a")["bert.encoder.layer.0.intermediate.dense.weight"]
+    assert t.std().item() == pytest.approx(0.05, rel=0.15)
+    res = reinit(src, tmp_path / "b", ["bert.encoder.layer.0.intermediate.dense.weight"], std=0.5)
+    assert res.plan.std == 0.5
+    meta = json.loads(open_checkpoint(tmp_path / "b").metadata["ckptsurgeon"])
+    assert meta["operation"] == "reinit" and meta["arguments"]["std"] == 0.5
+    assert meta["arguments"]["seed"] == 0
+
+
+def test_large_matrix_statistics():
+    """Mean and std of a 4M-value draw lie within statistical tolerance of N(0, std)."""
+    shape = (2048, 2048)
+    raw = b"".join(bytes(c) for c in generate("w", "F32", shape, Rule("normal", 0.02), seed=3))
+    t = torch.frombuffer(bytearray(raw), dtype=torch.float32)
+    n = t.numel()
+    assert abs(t.double().mean().item()) < 5 * 0.02 / math.sqrt(n)
+    assert t.double().std().item() == pytest.approx(0.02, rel=5 * math.sqrt(2 / n))
+    # tails of a normal: about 0.27% beyond 3 sigma
+    beyond = (t.abs() > 0.06).double().mean().item()
+    assert beyond == pytest.approx(0.0027, abs=0.0004)
+
+
+@pytest.mark.parametrize("dtype", ["F16", "BF16", "F64"])
+def test_low_precision_values_are_rounded_float32_draws(dtype):
+    torch_dtype = {"F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}[dtype]
+    shape = (300, 77)
+    f32 = b"".join(bytes(c) for c in generate("x", "F32", shape, Rule("normal", 0.02), 5))
+    low = b"".join(bytes(c) for c in generate("x", dtype, shape, Rule("normal", 0.02), 5))
+    expected = torch.frombuffer(bytearray(f32), dtype=torch.float32).to(torch_dtype)
+    got = torch.frombuffer(bytearray(low), dtype=torch_dtype)
+    assert torch.equal(expected.view(torch.uint8), got.view(torch.uint8))
+
+
+def test_values_independent_of_threads_and_chunking():
+    numel = CHUNK_ELEMS * 2 + 123
+    one = b"".join(bytes(c) for c in generate("big", "BF16", (numel, 1), Rule("normal", 0.02), 7, threads=1))
+    two = b"".join(bytes(c) for c in generate("big", "BF16", (numel, 1), Rule("normal", 0.02), 7, threads=2))
+    assert one == two and len(one) == numel * 2
+
+
+def test_byte_identical_reruns_and_selection_independence(model_store, tmp_path):
+    src = model_store("bert", "bin")
+    q = "bert.encoder.layer.3.attention.self.query.weight"
+    reinit(src, tmp_path / "a", top_layers=2, seed=11)
+    reinit(src, tmp_path / "b", top_layers=2, seed=11)
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (
+        tmp_path / "b" / "model.safetensors"
+    ).read_bytes()
+    reinit(src, tmp_path / "c", [q], seed=11, max_shard_size=20_000)
+    reinit(src, tmp_path / "d", [q], seed=12)
+    a, c, d = (reference_state(tmp_path / x) for x in "acd")
+    assert torch.equal(a[q], c[q])
+    assert not torch.equal(a[q], d[q])
+
+
+def test_integer_buffers_are_skipped(tmp_path):
+    from safetensors.torch import save_file
+
+    src = tmp_path / "src.safetensors"
+    save_file(
+        {
+            "bert.embeddings.position_ids": torch.arange(8).reshape(1, 8),
+            "bert.embeddings.LayerNorm.weight": torch.full((4,), 3.0),
+        },
+        str(src),
+        metadata={"format": "pt"},
+    )
+    res = reinit(src, tmp_path / "out.safetensors", ["bert.embeddings.*"])
+    assert [s.name for s in res.plan.skipped] == ["bert.embeddings.position_ids"]
+    out = reference_state(tmp_path / "out.safetensors")
+    assert torch.equal(out["bert.embeddings.position_ids"], torch.arange(8).reshape(1, 8))
+    assert torch.all(out["bert.embeddings.LayerNorm.weight"] == 1)
+
+
+def test_tied_alias_selection_resolves_to_canonical(model_store, tmp_path):
+    src = model_store("bert", "bin")
+    res = reinit(src, tmp_path / "out", ["cls.predictions.decoder.weight"])
+    assert any("re-initialising bert.embeddings.word_embeddings.weight" in w for w in res.plan.warnings)
+    assert [t.name for t in res.plan.tensors if t.action == "reinit"] == [
+        "bert.embeddings.word_embeddings.weight"
+    ]
+    model, info = load_model(tmp_path / "out", "bert")
+    assert info["missing_keys"] == []
+    emb = model.bert.embeddings.word_embeddings.weight
+    assert torch.equal(model.cls.predictions.decoder.weight, emb)
+    assert torch.all(emb[0] == 0)
+
+
+def test_separately_stored_alias_follows_canonical(tmp_path, model_store):
+    from safetensors.torch import save_file
+
+    state = {k: v.clone() for k, v in reference_state(model_store("bert", "bin")).items()}
+    src = tmp_path / "src"
+    src.mkdir()
+    save_file(state, str(src / "model.safetensors"), metadata={"format": "pt"})
+    (src / "config.json").write_bytes((model_store("bert", "bin") / "config.json").read_bytes())
+    reinit(src, tmp_path / "out", ["bert.embeddings.word_embeddings.weight"])
+    out = reference_state(tmp_path / "out")
+    assert torch.equal(out["cls.predictions.decoder.weight"], out["bert.embeddings.word_embeddings.weight"])
+    assert not torch.equal(out["cls.predictions.decoder.weight"], state["cls.predictions.decoder.weight"])
+
+
+def test_errors(model_store, tmp_path):
+    src = model_store("bert")
+    with pytest.raises(SelectionError, match=r"^nothing selected"):
+        reinit(src, tmp_path / "o")
+    with pytest.raises(SelectionError, match=r"--top-layers 5 is more than the 4 layers found \(bert.encoder.layer.0-3\)"):
+        reinit(src, tmp_path / "o", top_layers=5)
+    with pytest.raises(PatternError, match=r"pattern matches no tensor \(bert.encoder.layer.9.\*\)"):
+        reinit(src, tmp_path / "o", ["bert.encoder.layer.9.*"])
+    assert not (tmp_path / "o").exists()
+
+
+def test_error_no_rule_and_sinusoidal(tmp_path, src_copy):
+    from safetensors.torch import save_file
+
+    odd = tmp_path / "odd.safetensors"
+    save_file({"encoder.scale.weight": torch.ones(4)}, str(odd), metadata={"format": "pt"})
+    with pytest.raises(InitRuleError, match=r"no re-initialisation rule .* \(encoder.scale.weight\): exclude it with -x"):
+        reinit(odd, tmp_path / "o.safetensors", ["*"])
+    src = src_copy("distilbert")
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["sinusoidal_pos_embds"] = True
+    (src / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(InitRuleError, match="sinusoidal"):
+        reinit(src, tmp_path / "o", ["distilbert.embeddings.*"])
+    res = reinit(
+        src, tmp_path / "o", ["distilbert.embeddings.*"], ["*position_embeddings*"], dry_run=True
+    )
+    assert res.written is None and not (tmp_path / "o").exists()
+
+
+def test_config_layer_count_mismatch(src_copy, tmp_path):
+    src = src_copy("bert")
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["num_hidden_layers"] = 6
+    (src / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SelectionError, match="config.json says 6 layers but the weights have 4"):
+        reinit(src, tmp_path / "o", top_layers=1)
+
+
+def test_headless_and_distilbert_stacks(tmp_path):
+    from ckptsurgeon.selection import find_layer_stacks
+
+    assert find_layer_stacks(["encoder.layer.0.a", "encoder.layer.1.a", "pooler.dense.weight"]) == {
+        "encoder.layer": [0, 1]
+    }
+    assert find_layer_stacks(["transformer.layer.2.x", "transformer.layer.0.x"]) == {
+        "transformer.layer": [0, 2]
+    }
+    with pytest.raises(SelectionError, match="no encoder layer stack found"):
+        from ckptsurgeon.selection import top_layer_patterns
+
+        top_layer_patterns(["a.weight"], 1, None, "x")
