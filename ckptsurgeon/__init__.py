@@ -12,8 +12,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .checkpoint import Checkpoint, TensorInfo, open_checkpoint  # noqa: E402
-from .errors import (  # noqa: E402
+from .checkpoint import Checkpoint, TensorInfo, open_checkpoint
+from .errors import (
     CheckpointNotFoundError,
     CkptSurgeonError,
     CorruptCheckpointError,
@@ -26,9 +26,9 @@ from .errors import (  # noqa: E402
     VerificationError,
     WriteError,
 )
-from .inspection import Inspection, inspect  # noqa: E402
-from .sizes import parse_size  # noqa: E402
-from .surgery import Plan, Result, convert, drop, reinit  # noqa: E402
+from .inspection import Inspection, inspect
+from .sizes import parse_size
+from .surgery import Plan, Result, convert, drop, reinit
 
 __all__ = [
     "Checkpoint",

@@ -203,9 +203,7 @@ class SafetensorsReader(TensorReader):
             except OSError:
                 # cross-device or unsupported file system: fall back to plain reads and writes
                 self._fast_copy = False
-                rest = TensorInfo(
-                    info.name, info.dtype, (remaining,), remaining, info.file, pos
-                )
+                rest = TensorInfo(info.name, info.dtype, (remaining,), remaining, info.file, pos)
                 for chunk in self.chunks(rest):
                     _write_all(fd, chunk)
                 return None
@@ -236,10 +234,7 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise CheckpointNotFoundError(
             "no such file or directory", str(p), "check the path of the checkpoint"
         )
-    if p.is_dir():
-        ckpt = _open_dir(p)
-    else:
-        ckpt = _open_file(p)
+    ckpt = _open_dir(p) if p.is_dir() else _open_file(p)
     ckpt.config = _read_config(ckpt)
     return ckpt
 
@@ -407,7 +402,8 @@ def _open_index(index: Path) -> Checkpoint:
         for info in part.tensors:
             if info.name in seen:
                 raise CorruptCheckpointError(
-                    f"tensor {info.name!r} is stored in two shards ({seen[info.name]}, {shard_name})",
+                    f"tensor {info.name!r} is stored in two shards "
+                    f"({seen[info.name]}, {shard_name})",
                     str(index),
                     "re-export the checkpoint",
                 )

@@ -53,11 +53,18 @@ def _debug_enabled(ctx: click.Context | None) -> bool:
 class Group(click.Group):
     """Turns library errors into one ``Error: ...`` line and exit 2 (``--debug``: traceback)."""
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(args, prog_name, complete_var, False, **extra)
         try:
-            rv = super().main(*args, standalone_mode=False, **kwargs)
+            rv = super().main(args, prog_name, complete_var, False, **extra)
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx is not None else "ckptsurgeon"
             click.echo(f"Error: {exc.format_message()} (see '{where} --help')", err=True)
@@ -98,7 +105,14 @@ def emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=Group,
+    context_settings={
+        "help_option_names": ["-h", "--help"],
+        "terminal_width": 100,
+        "max_content_width": 100,
+    },
+)
 @click.version_option(__version__, prog_name="ckptsurgeon")
 @click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
 @click.pass_context
@@ -153,7 +167,9 @@ def _shape(shape: Sequence[int]) -> str:
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     for r in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
@@ -168,12 +184,18 @@ def _fmt(x: float | None) -> str:
 @click.argument("src", type=click.Path())
 @_patterns_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-@click.option("--stats", is_flag=True, help="Add mean, std, min, max, NaN and Inf counts (reads the data).")
+@click.option(
+    "--stats", is_flag=True, help="Add mean, std, min, max, NaN and Inf counts (reads the data)."
+)
 def inspect_cmd(src: str, patterns: tuple[str, ...], as_json: bool, stats: bool) -> None:
     """Show what is inside SRC: format, files, tensors, parameters, metadata."""
     from .inspection import inspect
 
-    progress = (lambda name: click.echo(f"reading {name}", err=True)) if stats and not as_json and sys.stderr.isatty() else None
+    progress = (
+        (lambda name: click.echo(f"reading {name}", err=True))
+        if stats and not as_json and sys.stderr.isatty()
+        else None
+    )
     info = inspect(src, patterns, stats=stats, progress=progress)
     for note in info.checkpoint.notes:
         warn(note)
@@ -231,11 +253,26 @@ def convert_cmd(src: str, dest: str, max_shard_size: int, overwrite: bool, as_js
 @click.argument("src", type=click.Path())
 @click.argument("dest", type=click.Path())
 @_patterns_option
-@click.option("--top-layers", type=click.IntRange(min=1), metavar="N", help="Select the N highest-numbered encoder layers.")
+@click.option(
+    "--top-layers",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Select the N highest-numbered encoder layers.",
+)
 @click.option("--pooler", is_flag=True, help="Select the pooler (*pooler.dense.*).")
 @_exclude_option
-@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="Seed; each tensor's values depend only on (seed, tensor name).")
-@click.option("--std", type=click.FloatRange(min=0, min_open=True), help="Std of normal draws [default: config initializer_range, else 0.02].")
+@click.option(
+    "--seed",
+    type=click.IntRange(0, 2**63 - 1),
+    default=0,
+    show_default=True,
+    help="Seed; each tensor's values depend only on (seed, tensor name).",
+)
+@click.option(
+    "--std",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Std of normal draws [default: config initializer_range, else 0.02].",
+)
 @click.option("--dry-run", is_flag=True, help="Print the plan and write nothing.")
 @_write_options
 @click.option("--json", "as_json", is_flag=True, help="Print the plan/result as JSON.")
@@ -318,10 +355,12 @@ def _report(result: Any, as_json: bool, *, dry_run: bool) -> None:
         emit_json(result.to_json())
         return
     changed = plan.changed()
-    if dry_run or changed:
+    if dry_run and changed:
         rows = [[t.name, t.action, t.rule or "-", t.dtype, _shape(t.shape)] for t in changed]
-        if rows:
-            click.echo(_table(rows, ["name", "action", "rule", "dtype", "shape"]))
+        click.echo(_table(rows, ["name", "action", "rule", "dtype", "shape"]))
+    elif changed:
+        groups = group_names([t.name for t in changed])
+        click.echo(f"{plan.operation}: " + ", ".join(f"{g} ({n})" for g, n in groups.items()))
     for s in plan.skipped:
         click.echo(f"skipped {s.name}: {s.reason}")
     params = sum(_numel(t.shape) for t in changed)
@@ -329,7 +368,9 @@ def _report(result: Any, as_json: bool, *, dry_run: bool) -> None:
     if plan.operation == "convert":
         summary = f"{len(plan.tensors)} tensors converted"
     else:
-        summary = f"{len(changed)} tensors {verb} ({params:,} parameters), {plan.count('keep')} kept"
+        summary = (
+            f"{len(changed)} tensors {verb} ({params:,} parameters), {plan.count('keep')} kept"
+        )
     if plan.skipped:
         summary += f", {len(plan.skipped)} skipped"
     if plan.seed is not None and plan.operation == "reinit":
@@ -342,6 +383,18 @@ def _report(result: Any, as_json: bool, *, dry_run: bool) -> None:
     click.echo(f"wrote {w.destination} ({', '.join(w.files)}; {format_size(w.total_bytes)})")
     if w.copied:
         click.echo("copied " + ", ".join(w.copied))
+
+
+def group_names(names: Sequence[str]) -> dict[str, int]:
+    """Group tensor names by layer (``bert.encoder.layer.3``) or module, in first-seen order."""
+    import re
+
+    groups: dict[str, int] = {}
+    for name in names:
+        match = re.match(r"^(.*?\.layers?\.\d+)\.", name)
+        key = match.group(1) if match else name.rsplit(".", 1)[0]
+        groups[key] = groups.get(key, 0) + 1
+    return groups
 
 
 def _numel(shape: Sequence[int]) -> int:

@@ -141,14 +141,14 @@ def from_float32(values: np.ndarray, dtype: str) -> bytes | memoryview:
     import numpy as np
 
     if dtype == "F32":
-        return memoryview(np.ascontiguousarray(values, dtype="<f4")).cast("B")
+        return np.ascontiguousarray(values, dtype="<f4").data.cast("B")
     if dtype == "F16":
-        return memoryview(values.astype("<f2")).cast("B")
+        return values.astype("<f2").data.cast("B")
     if dtype == "F64":
-        return memoryview(values.astype("<f8")).cast("B")
+        return values.astype("<f8").data.cast("B")
     if dtype == "BF16":
         bits = values.view(np.uint32)
         # round to nearest even; the inputs are finite (normal draws, zeros, ones)
         rounded = (bits + (np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1)))) >> 16
-        return memoryview(rounded.astype("<u2")).cast("B")
+        return rounded.astype("<u2").data.cast("B")
     raise ValueError(f"cannot encode float values as {dtype}")

@@ -105,9 +105,11 @@ def rule_for(
         cfg = config or {}
         mtype = model_type(cfg)
         roberta_like = mtype in ROBERTA_FAMILY or parts[0] == "roberta"
-        if module == "position_embeddings" and (
-            mtype == "distilbert" or parts[0] == "distilbert"
-        ) and cfg.get("sinusoidal_pos_embds"):
+        if (
+            module == "position_embeddings"
+            and (mtype == "distilbert" or parts[0] == "distilbert")
+            and cfg.get("sinusoidal_pos_embds")
+        ):
             raise InitRuleError(
                 "DistilBERT sinusoidal position table has no random re-initialisation rule",
                 name,
@@ -170,9 +172,7 @@ def generate(
         return
     words = _name_words(name)
     row = numel // shape[0] if shape and shape[0] else 0
-    zero = (
-        (rule.zero_row * row, (rule.zero_row + 1) * row) if rule.zero_row is not None else None
-    )
+    zero = (rule.zero_row * row, (rule.zero_row + 1) * row) if rule.zero_row is not None else None
     n_chunks = -(-numel // CHUNK_ELEMS)
 
     def make(k: int) -> bytes | memoryview:

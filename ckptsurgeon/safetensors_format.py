@@ -69,12 +69,16 @@ def read_header(path: str | os.PathLike[str]) -> ParsedHeader:
     with open(spath, "rb") as fh:
         file_size = os.fstat(fh.fileno()).st_size
         if file_size < 8:
-            raise _corrupt(spath, f"file is {file_size} bytes, shorter than the 8-byte length prefix")
+            raise _corrupt(
+                spath, f"file is {file_size} bytes, shorter than the 8-byte length prefix"
+            )
         (n,) = struct.unpack("<Q", fh.read(8))
         if n > MAX_HEADER_SIZE:
             raise _corrupt(spath, f"header length {n} exceeds the 100 MB limit")
         if 8 + n > file_size:
-            raise _corrupt(spath, f"header length {n} runs past the end of the {file_size}-byte file")
+            raise _corrupt(
+                spath, f"header length {n} runs past the end of the {file_size}-byte file"
+            )
         raw = fh.read(n)
     return parse_header_bytes(raw, file_size, spath)
 

@@ -68,7 +68,8 @@ def top_layer_patterns(
     expected = config_layer_count(config)
     if expected is not None and expected != count:
         raise SelectionError(
-            f"config.json says {expected} layers but the weights have {count} ({prefix}.0-{count - 1})",
+            f"config.json says {expected} layers but the weights have {count} "
+            f"({prefix}.0-{count - 1})",
             where,
             "check that config.json belongs to these weights",
         )

@@ -40,7 +40,8 @@ def parse_size(text: str | int) -> int:
         if match is None or unit not in _UNITS:
             raise ValueError(
                 f"{text!r} is not a size: use a number with an optional unit "
-                "(B, KB, MB, GB, TB = powers of 1000; KiB, MiB, GiB, TiB = powers of 1024), e.g. 5GB"
+                "(B, KB, MB, GB, TB = powers of 1000; KiB, MiB, GiB, TiB = powers of 1024), "
+                "e.g. 5GB"
             )
         value = int(float(match.group(1)) * _UNITS[unit])
     if value <= 0:

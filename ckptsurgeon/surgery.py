@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .checkpoint import Checkpoint, TensorInfo, TensorReader, open_checkpoint
+from .checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from .errors import InitRuleError, SelectionError
 from .init_rules import Rule, Skip, generate, rule_for, std_from
 from .selection import resolve_selection
@@ -250,9 +250,7 @@ def plan_reinit(
     values_from: dict[str, str] = {}
     for alias, canonical in ties.items():
         if alias in chosen and canonical not in chosen:
-            warnings.append(
-                f"{alias} is tied to {canonical}; re-initialising {canonical} too"
-            )
+            warnings.append(f"{alias} is tied to {canonical}; re-initialising {canonical} too")
             chosen.add(canonical)
         if canonical in chosen:
             chosen.add(alias)
@@ -372,7 +370,9 @@ def convert(
     """
     ckpt = open_checkpoint(src)
     plan = plan_convert(ckpt, str(dest))
-    return Result(plan, execute(plan, ckpt, dest, max_shard_size=max_shard_size, overwrite=overwrite))
+    return Result(
+        plan, execute(plan, ckpt, dest, max_shard_size=max_shard_size, overwrite=overwrite)
+    )
 
 
 def drop(
@@ -393,7 +393,9 @@ def drop(
     plan = plan_drop(ckpt, patterns, exclude, destination=str(dest))
     if dry_run:
         return Result(plan, None)
-    return Result(plan, execute(plan, ckpt, dest, max_shard_size=max_shard_size, overwrite=overwrite))
+    return Result(
+        plan, execute(plan, ckpt, dest, max_shard_size=max_shard_size, overwrite=overwrite)
+    )
 
 
 def reinit(

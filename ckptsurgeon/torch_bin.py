@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 WRAPPER_KEYS = ("state_dict", "model", "module", "model_state_dict")
 
+
 def load_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Load a torch file safely and return ``(state_dict, notes)``."""
     import torch
@@ -48,9 +49,7 @@ def load_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
             "give a file written by torch.save or save_pretrained",
         )
     try:
-        obj = torch.load(
-            str(path), map_location="cpu", weights_only=True, mmap=is_zip
-        )
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "Weights only load failed" in text or "Unsupported" in text:
@@ -84,8 +83,10 @@ def _unwrap(obj: Any, path: Path, notes: list[str]) -> dict[str, torch.Tensor]:
             return obj
         for key in WRAPPER_KEYS:
             inner = obj.get(key)
-            if isinstance(inner, dict) and inner and any(
-                isinstance(v, torch.Tensor) for v in inner.values()
+            if (
+                isinstance(inner, dict)
+                and inner
+                and any(isinstance(v, torch.Tensor) for v in inner.values())
             ):
                 notes.append(f"{path.name}: using the state dict under key {key!r}")
                 obj = inner
@@ -151,9 +152,7 @@ def list_torch_file(path: Path) -> tuple[list[TensorInfo], dict[str, str], list[
     for name, t in state.items():
         dtype = st_dtype(t, name, path)
         infos.append(
-            TensorInfo(
-                name, dtype, tuple(t.shape), t.numel() * t.element_size(), str(path), None
-            )
+            TensorInfo(name, dtype, tuple(t.shape), t.numel() * t.element_size(), str(path), None)
         )
     return infos, _tied_groups(state), notes
 
@@ -165,7 +164,7 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     flat = t.detach().contiguous().reshape(-1)
     if flat.numel() == 0:
         return memoryview(b"")
-    return memoryview(flat.view(torch.uint8).numpy()).cast("B")
+    return flat.view(torch.uint8).numpy().data.cast("B")
 
 
 class BinReader(TensorReader):

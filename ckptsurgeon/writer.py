@@ -65,9 +65,7 @@ class ShardPlan:
         return sum(t.nbytes for t in self.tensors)
 
 
-def plan_shards(
-    sizes: Sequence[tuple[str, int]], max_shard_size: int
-) -> list[list[str]]:
+def plan_shards(sizes: Sequence[tuple[str, int]], max_shard_size: int) -> list[list[str]]:
     """Split tensor names into shards, in order, each at most ``max_shard_size`` bytes.
 
     A pure function over sizes, as transformers does it: a tensor that would push the current
@@ -118,7 +116,9 @@ def check_destination(src: Checkpoint, dest: Path, overwrite: bool) -> None:
     for p in protected:
         if dest_abs == p or _same_path(dest_abs, p):
             raise DestinationError(
-                "destination is the source checkpoint", str(dest), "choose a new path for the output"
+                "destination is the source checkpoint",
+                str(dest),
+                "choose a new path for the output",
             )
     if src.root is not None:
         root_abs = Path(os.path.abspath(src.root))
@@ -158,10 +158,7 @@ def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
+        path.unlink(missing_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -199,7 +196,8 @@ def write_safetensors(
             now = os.lseek(fd, 0, os.SEEK_CUR)
             if now != pos:
                 raise VerificationError(
-                    f"wrote {now - pos + t.nbytes} bytes for tensor {t.name!r}, expected {t.nbytes}",
+                    f"wrote {now - pos + t.nbytes} bytes for tensor {t.name!r}, "
+                    f"expected {t.nbytes}",
                     str(path),
                     "this is a bug in ckptsurgeon; please report it",
                 )
@@ -347,7 +345,9 @@ def _publish(tmp: Path, dest: Path, overwrite: bool) -> None:
     if dest.exists() or dest.is_symlink():
         if not overwrite:  # appeared while we were writing
             raise DestinationError(
-                "destination appeared while writing", str(dest), "choose a new path or pass --overwrite"
+                "destination appeared while writing",
+                str(dest),
+                "choose a new path or pass --overwrite",
             )
         if dest.is_dir() and not dest.is_symlink():
             old = dest.parent / f".{dest.name}{OLD_SUFFIX}"

@@ -40,7 +40,16 @@ def test_inspect_text(model_store):
 
 def test_inspect_json_and_stats(model_store):
     src = model_store("bert", "bin")
-    code, out, _ = run("inspect", src, "--json", "--stats", "-p", "*.LayerNorm.*", "-p", "cls.predictions.decoder.weight")
+    code, out, _ = run(
+        "inspect",
+        src,
+        "--json",
+        "--stats",
+        "-p",
+        "*.LayerNorm.*",
+        "-p",
+        "cls.predictions.decoder.weight",
+    )
     assert code == 0
     obj = json.loads(out)
     assert {"format", "files", "metadata", "total_params", "total_bytes", "tensors"} <= set(obj)
@@ -49,7 +58,18 @@ def test_inspect_json_and_stats(model_store):
     assert row["tied_to"] == "bert.embeddings.word_embeddings.weight"
     assert row["dtype"] == "F32" and row["shape"] == [99, 32] and row["params"] == 3168
     for t in obj["tensors"]:
-        assert set(t) >= {"name", "dtype", "shape", "params", "mean", "std", "min", "max", "nan", "inf"}
+        assert set(t) >= {
+            "name",
+            "dtype",
+            "shape",
+            "params",
+            "mean",
+            "std",
+            "min",
+            "max",
+            "nan",
+            "inf",
+        }
     assert obj["total_params"] == sum(t["params"] for t in obj["tensors"])
 
 
@@ -85,21 +105,48 @@ def test_reinit_cli_summary_and_json(model_store, tmp_path):
 def test_dry_run_writes_nothing(model_store, tmp_path):
     code, out, _ = run("drop", model_store("bert"), tmp_path / "o", "-p", "cls.*", "--dry-run")
     assert code == 0
-    assert out.splitlines()[-1] == "dry run: 5 tensors dropped (1,219 parameters), 69 kept; nothing written"
+    assert (
+        out.splitlines()[-1]
+        == "dry run: 5 tensors dropped (1,219 parameters), 69 kept; nothing written"
+    )
     assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["inspect", "{tmp}/missing"], "Error: no such file or directory ({tmp}/missing): check the path of the checkpoint"),
-        (["reinit", "{src}", "{tmp}/o"], "Error: nothing selected ({src}): give -p PATTERN, --top-layers N or --pooler"),
-        (["drop", "{src}", "{tmp}/o"], "Error: nothing selected ({src}): give at least one -p PATTERN"),
-        (["reinit", "{src}", "{src}", "-p", "*", "--overwrite"], "Error: destination is the source checkpoint ({src}): choose a new path for the output"),
-        (["convert", "{src}", "{src}/model.safetensors", "--overwrite"], "Error: destination is the source checkpoint ({src}/model.safetensors): choose a new path for the output"),
-        (["convert", "{src}", "{tmp}", "--max-shard-size", "5XB"], "Error: Invalid value for '--max-shard-size': '5XB' is not a size"),
-        (["reinit", "{src}", "{tmp}/o", "--top-layers", "9"], "Error: --top-layers 9 is more than the 4 layers found (bert.encoder.layer.0-3) ({src}): give at most 4"),
-        (["drop", "{src}", "{tmp}/o", "-p", "a{{b"], "Error: unbalanced '{{' in pattern (a{{b): close every '{{' with '}}'"),
+        (
+            ["inspect", "{tmp}/missing"],
+            "Error: no such file or directory ({tmp}/missing): check the path of the checkpoint",
+        ),
+        (
+            ["reinit", "{src}", "{tmp}/o"],
+            "Error: nothing selected ({src}): give -p PATTERN, --top-layers N or --pooler",
+        ),
+        (
+            ["drop", "{src}", "{tmp}/o"],
+            "Error: nothing selected ({src}): give at least one -p PATTERN",
+        ),
+        (
+            ["reinit", "{src}", "{src}", "-p", "*", "--overwrite"],
+            "Error: destination is the source checkpoint ({src}): choose a new path for the output",
+        ),
+        (
+            ["convert", "{src}", "{src}/model.safetensors", "--overwrite"],
+            "Error: destination is the source checkpoint ({src}/model.safetensors): choose a new path for the output",
+        ),
+        (
+            ["convert", "{src}", "{tmp}", "--max-shard-size", "5XB"],
+            "Error: Invalid value for '--max-shard-size': '5XB' is not a size",
+        ),
+        (
+            ["reinit", "{src}", "{tmp}/o", "--top-layers", "9"],
+            "Error: --top-layers 9 is more than the 4 layers found (bert.encoder.layer.0-3) ({src}): give at most 4",
+        ),
+        (
+            ["drop", "{src}", "{tmp}/o", "-p", "a{{b"],
+            "Error: unbalanced '{{' in pattern (a{{b): close every '{{' with '}}'",
+        ),
     ],
 )
 def test_errors_are_one_line_exit_2(model_store, tmp_path, args, message):
@@ -118,7 +165,11 @@ def test_existing_destination_and_overwrite(model_store, tmp_path):
     dest.mkdir()
     (dest / "old.txt").write_text("x")
     code, _, err = run("convert", src, dest)
-    assert code == 2 and err == f"Error: destination already exists ({dest}): choose a new path or pass --overwrite\n"
+    assert (
+        code == 2
+        and err
+        == f"Error: destination already exists ({dest}): choose a new path or pass --overwrite\n"
+    )
     code, _, err = run("convert", src, dest, "--overwrite")
     assert code == 0, err
     assert not (dest / "old.txt").exists() and (dest / "model.safetensors").exists()
@@ -128,7 +179,9 @@ def test_existing_destination_and_overwrite(model_store, tmp_path):
 def test_destination_inside_source_refused(src_copy):
     src = src_copy("bert")
     code, _, err = run("convert", src, src / "sub")
-    assert code == 2 and err.startswith(f"Error: destination is inside the source directory ({src / 'sub'})")
+    assert code == 2 and err.startswith(
+        f"Error: destination is inside the source directory ({src / 'sub'})"
+    )
 
 
 def test_debug_shows_traceback(tmp_path):
@@ -139,7 +192,10 @@ def test_debug_shows_traceback(tmp_path):
 
 def test_module_entry_point_and_version():
     out = subprocess.run(
-        [sys.executable, "-m", "ckptsurgeon", "--version"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "ckptsurgeon", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert out.stdout.strip() == "ckptsurgeon, version 0.1.0"
 

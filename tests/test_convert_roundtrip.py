@@ -71,9 +71,7 @@ def test_sharded_output_loads(model_store, tmp_path, family):
     assert set(index) == {"metadata", "weight_map"}
     assert index["metadata"]["total_size"] == result.written.total_bytes
     for shard in files[:-1]:
-        size = sum(
-            t.nbytes for t in open_checkpoint(dest / shard).tensors
-        )
+        size = sum(t.nbytes for t in open_checkpoint(dest / shard).tensors)
         assert size <= 30_000 or len(open_checkpoint(dest / shard).tensors) == 1
     model, info = load_model(dest, family)
     assert info["missing_keys"] == [] and info["unexpected_keys"] == []

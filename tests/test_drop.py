@@ -86,12 +86,20 @@ def test_refuses_canonical_while_alias_stays(tmp_path, model_store):
     ):
         drop(src, tmp_path / "out", ["bert.embeddings.word_embeddings.weight"])
     assert not (tmp_path / "out").exists()
-    drop(src, tmp_path / "out", ["bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight"])
+    drop(
+        src,
+        tmp_path / "out",
+        ["bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight"],
+    )
 
 
 def test_dry_run_and_exclude(model_store, tmp_path):
     result = drop(
-        model_store("bert"), tmp_path / "out", ["bert.encoder.layer.{2..3}.*"], ["*LayerNorm*"], dry_run=True
+        model_store("bert"),
+        tmp_path / "out",
+        ["bert.encoder.layer.{2..3}.*"],
+        ["*LayerNorm*"],
+        dry_run=True,
     )
     assert result.written is None
     assert not (tmp_path / "out").exists()

@@ -21,7 +21,9 @@ from ckptsurgeon import (
 from ckptsurgeon.safetensors_format import build_header
 
 
-def write_raw(path: Path, header: object, data: bytes = b"", *, raw_header: bytes | None = None) -> Path:
+def write_raw(
+    path: Path, header: object, data: bytes = b"", *, raw_header: bytes | None = None
+) -> Path:
     body = raw_header if raw_header is not None else json.dumps(header).encode()
     path.write_bytes(struct.pack("<Q", len(body)) + body + data)
     return path
@@ -57,7 +59,11 @@ BAD_HEADERS = [
     ({"x": OK_ENTRY}, b"\0" * 12, "4 trailing bytes after the last tensor"),
     ({"x": {"shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, "tensor 'x' has no dtype"),
     ({"x": {**OK_ENTRY, "dtype": "F17"}}, b"\0" * 8, "unknown dtype 'F17'"),
-    ({"x": {**OK_ENTRY, "shape": [3]}}, b"\0" * 8, "is 8 bytes but dtype F32 and shape [3] need 12"),
+    (
+        {"x": {**OK_ENTRY, "shape": [3]}},
+        b"\0" * 8,
+        "is 8 bytes but dtype F32 and shape [3] need 12",
+    ),
     ({"x": {**OK_ENTRY, "shape": [2**40, 2**40]}}, b"\0" * 8, "is too large"),
     ({"x": {**OK_ENTRY, "shape": [-1]}}, b"\0" * 8, "invalid shape"),
     (
@@ -95,7 +101,10 @@ def test_raw_header_failures(tmp_path):
     cases = [
         (b'{"x": 1', "header is not valid JSON"),
         (b"\xff\xfe{}", "header is not UTF-8"),
-        (b'{"x": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}, "x": {}}', "duplicate name 'x'"),
+        (
+            b'{"x": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}, "x": {}}',
+            "duplicate name 'x'",
+        ),
     ]
     for raw, message in cases:
         p = write_raw(tmp_path / "bad.safetensors", None, raw_header=raw)
@@ -117,12 +126,16 @@ def test_raw_header_failures(tmp_path):
 
 def test_directory_named_model_safetensors(tmp_path):
     (tmp_path / "m" / "model.safetensors").mkdir(parents=True)
-    with pytest.raises(CorruptCheckpointError, match="expected a safetensors file but found a directory"):
+    with pytest.raises(
+        CorruptCheckpointError, match="expected a safetensors file but found a directory"
+    ):
         open_checkpoint(tmp_path / "m")
 
 
 def test_missing_and_empty(tmp_path):
-    with pytest.raises(CheckpointNotFoundError, match=r"no such file or directory \(.*nope\): check the path"):
+    with pytest.raises(
+        CheckpointNotFoundError, match=r"no such file or directory \(.*nope\): check the path"
+    ):
         open_checkpoint(tmp_path / "nope")
     d = tmp_path / "d"
     d.mkdir()
@@ -157,7 +170,10 @@ def _index(tmp_path: Path, weight_map: object, name: str = "model.safetensors.in
         ({"a": "C:model.safetensors"}, "absolute path"),
         ({"a": "sub/model.safetensors"}, "contains a directory separator"),
         ({"a": "model-00001-of-00001.bin"}, "has the wrong extension"),
-        ({"a": "model-00001-of-00001.safetensors", "b": "model-00001-of-00001.safetensors"}, "'b' is listed in the index but absent"),
+        (
+            {"a": "model-00001-of-00001.safetensors", "b": "model-00001-of-00001.safetensors"},
+            "'b' is listed in the index but absent",
+        ),
         ({}, "index lists no tensors"),
     ],
 )
@@ -169,12 +185,19 @@ def test_bad_index(tmp_path, weight_map, message):
 
 def test_index_shard_missing_and_unlisted(tmp_path):
     p = _index(tmp_path, {"a": "model-00002-of-00002.safetensors"})
-    with pytest.raises(CheckpointNotFoundError, match="shard 'model-00002-of-00002.safetensors' listed in the index is missing"):
+    with pytest.raises(
+        CheckpointNotFoundError,
+        match="shard 'model-00002-of-00002.safetensors' listed in the index is missing",
+    ):
         open_checkpoint(p)
     header, _ = build_header([("a", "F32", (1,), 4), ("extra", "F32", (1,), 4)], {"format": "pt"})
     (p.parent / "model-00001-of-00001.safetensors").write_bytes(header + b"\0" * 8)
-    p.write_text(json.dumps({"metadata": {}, "weight_map": {"a": "model-00001-of-00001.safetensors"}}))
-    with pytest.raises(CorruptCheckpointError, match="'extra' is in shard .* but the index does not list it"):
+    p.write_text(
+        json.dumps({"metadata": {}, "weight_map": {"a": "model-00001-of-00001.safetensors"}})
+    )
+    with pytest.raises(
+        CorruptCheckpointError, match="'extra' is in shard .* but the index does not list it"
+    ):
         open_checkpoint(p.parent)
     p.write_text("{not json")
     with pytest.raises(CorruptCheckpointError, match="index is not valid JSON"):
@@ -198,7 +221,10 @@ def test_unsafe_pickle_refused_and_not_executed(tmp_path):
         p = tmp_path / f"evil-{fmt}.bin"
         torch.save({"w": torch.zeros(2), "x": Evil()}, p, _use_new_zipfile_serialization=fmt)
         Path(MARKER).unlink(missing_ok=True)  # torch.save does not run it, but be sure
-        with pytest.raises(UnsafePickleError, match=r"refused to unpickle: .*\(.*evil-.*\.bin\): this file needs code beyond plain tensors; it was not executed"):
+        with pytest.raises(
+            UnsafePickleError,
+            match=r"refused to unpickle: .*\(.*evil-.*\.bin\): this file needs code beyond plain tensors; it was not executed",
+        ):
             open_checkpoint(p)
         assert not Path(MARKER).exists()
 
@@ -213,11 +239,15 @@ def test_torch_file_failures(tmp_path):
     data = bytearray(good.read_bytes())
     corrupt = tmp_path / "corrupt.bin"
     corrupt.write_bytes(bytes(data[: len(data) // 2]))
-    with pytest.raises(CorruptCheckpointError, match=r"\(.*corrupt.bin\): re-download or re-export the file"):
+    with pytest.raises(
+        CorruptCheckpointError, match=r"\(.*corrupt.bin\): re-download or re-export the file"
+    ):
         open_checkpoint(corrupt)
     lst = tmp_path / "list.pt"
     torch.save([torch.zeros(1)], lst)
-    with pytest.raises(UnsupportedFormatError, match="the file holds a list, not a state dict of tensors"):
+    with pytest.raises(
+        UnsupportedFormatError, match="the file holds a list, not a state dict of tensors"
+    ):
         open_checkpoint(lst)
 
 

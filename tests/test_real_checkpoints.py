@@ -48,7 +48,10 @@ def test_reads_every_real_checkpoint(path):
     with ckpt.reader() as reader:
         for info in ckpt.tensors:
             raw = reader.read(info)
-            assert raw == source[info.name].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+            assert (
+                raw
+                == source[info.name].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+            )
 
 
 @pytest.mark.parametrize("path", CHECKPOINTS, ids=IDS)
@@ -82,5 +85,7 @@ def test_convert_reinit_drop_and_load(path, tmp_path):
     _, info = _load(tmp_path / "dr")
     missing = set(_info(info)["missing_keys"]) - base_missing
     # transformers reports names relative to the model it builds: compare on the suffix
-    assert {m.split("layer.0.", 1)[1] for m in missing} == {d.split("layer.0.", 1)[1] for d in dropped}
+    assert {m.split("layer.0.", 1)[1] for m in missing} == {
+        d.split("layer.0.", 1)[1] for d in dropped
+    }
     assert not list((tmp_path / "dr").glob("*.bin"))

@@ -14,7 +14,13 @@ from ckptsurgeon import InitRuleError, PatternError, SelectionError, open_checkp
 from ckptsurgeon.init_rules import CHUNK_ELEMS, Rule, generate
 
 TOP = {"bert": 2, "bert-seqcls": 2, "roberta": 2, "distilbert": 2, "electra": 2}
-HAS_POOLER = {"bert": False, "bert-seqcls": True, "roberta": False, "distilbert": False, "electra": False}
+HAS_POOLER = {
+    "bert": False,
+    "bert-seqcls": True,
+    "roberta": False,
+    "distilbert": False,
+    "electra": False,
+}
 STACK = {
     "bert": "bert.encoder.layer",
     "bert-seqcls": "bert.encoder.layer",
@@ -46,9 +52,7 @@ def check_rule(name: str, t: torch.Tensor, std: float = 0.02) -> None:
 def test_reinit_top_layers_loads_and_follows_rules(model_store, tmp_path, family, layout):
     src = model_store(family, layout)
     dest = tmp_path / "out"
-    result = reinit(
-        src, dest, top_layers=TOP[family], pooler=HAS_POOLER[family], seed=0
-    )
+    result = reinit(src, dest, top_layers=TOP[family], pooler=HAS_POOLER[family], seed=0)
     top = [f"{STACK[family]}.{i}." for i in range(N_LAYERS[family] - TOP[family], N_LAYERS[family])]
 
     def selected(n: str) -> bool:
@@ -135,8 +139,12 @@ def test_low_precision_values_are_rounded_float32_draws(dtype):
 
 def test_values_independent_of_threads_and_chunking():
     numel = CHUNK_ELEMS * 2 + 123
-    one = b"".join(bytes(c) for c in generate("big", "BF16", (numel, 1), Rule("normal", 0.02), 7, threads=1))
-    two = b"".join(bytes(c) for c in generate("big", "BF16", (numel, 1), Rule("normal", 0.02), 7, threads=2))
+    one = b"".join(
+        bytes(c) for c in generate("big", "BF16", (numel, 1), Rule("normal", 0.02), 7, threads=1)
+    )
+    two = b"".join(
+        bytes(c) for c in generate("big", "BF16", (numel, 1), Rule("normal", 0.02), 7, threads=2)
+    )
     assert one == two and len(one) == numel * 2
 
 
@@ -177,7 +185,9 @@ def test_integer_buffers_are_skipped(tmp_path):
 def test_tied_alias_selection_resolves_to_canonical(model_store, tmp_path):
     src = model_store("bert", "bin")
     res = reinit(src, tmp_path / "out", ["cls.predictions.decoder.weight"])
-    assert any("re-initialising bert.embeddings.word_embeddings.weight" in w for w in res.plan.warnings)
+    assert any(
+        "re-initialising bert.embeddings.word_embeddings.weight" in w for w in res.plan.warnings
+    )
     assert [t.name for t in res.plan.tensors if t.action == "reinit"] == [
         "bert.embeddings.word_embeddings.weight"
     ]
@@ -198,17 +208,26 @@ def test_separately_stored_alias_follows_canonical(tmp_path, model_store):
     (src / "config.json").write_bytes((model_store("bert", "bin") / "config.json").read_bytes())
     reinit(src, tmp_path / "out", ["bert.embeddings.word_embeddings.weight"])
     out = reference_state(tmp_path / "out")
-    assert torch.equal(out["cls.predictions.decoder.weight"], out["bert.embeddings.word_embeddings.weight"])
-    assert not torch.equal(out["cls.predictions.decoder.weight"], state["cls.predictions.decoder.weight"])
+    assert torch.equal(
+        out["cls.predictions.decoder.weight"], out["bert.embeddings.word_embeddings.weight"]
+    )
+    assert not torch.equal(
+        out["cls.predictions.decoder.weight"], state["cls.predictions.decoder.weight"]
+    )
 
 
 def test_errors(model_store, tmp_path):
     src = model_store("bert")
     with pytest.raises(SelectionError, match=r"^nothing selected"):
         reinit(src, tmp_path / "o")
-    with pytest.raises(SelectionError, match=r"--top-layers 5 is more than the 4 layers found \(bert.encoder.layer.0-3\)"):
+    with pytest.raises(
+        SelectionError,
+        match=r"--top-layers 5 is more than the 4 layers found \(bert.encoder.layer.0-3\)",
+    ):
         reinit(src, tmp_path / "o", top_layers=5)
-    with pytest.raises(PatternError, match=r"pattern matches no tensor \(bert.encoder.layer.9.\*\)"):
+    with pytest.raises(
+        PatternError, match=r"pattern matches no tensor \(bert.encoder.layer.9.\*\)"
+    ):
         reinit(src, tmp_path / "o", ["bert.encoder.layer.9.*"])
     assert not (tmp_path / "o").exists()
 
@@ -218,7 +237,10 @@ def test_error_no_rule_and_sinusoidal(tmp_path, src_copy):
 
     odd = tmp_path / "odd.safetensors"
     save_file({"encoder.scale.weight": torch.ones(4)}, str(odd), metadata={"format": "pt"})
-    with pytest.raises(InitRuleError, match=r"no re-initialisation rule .* \(encoder.scale.weight\): exclude it with -x"):
+    with pytest.raises(
+        InitRuleError,
+        match=r"no re-initialisation rule .* \(encoder.scale.weight\): exclude it with -x",
+    ):
         reinit(odd, tmp_path / "o.safetensors", ["*"])
     src = src_copy("distilbert")
     cfg = json.loads((src / "config.json").read_text())

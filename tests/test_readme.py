@@ -1,0 +1,107 @@
+"""The README stays true: its transcripts run as written and its reference matches --help.
+
+Regenerate the reference after changing a command: ``python tests/test_readme.py --write``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ckptsurgeon.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+BEGIN, END = "<!-- help:begin -->", "<!-- help:end -->"
+
+
+def help_reference() -> str:
+    parts = []
+    runner = CliRunner()
+    commands = ["", *sorted(main.commands)]
+    for name in commands:
+        args = [name, "--help"] if name else ["--help"]
+        out = runner.invoke(main, args, prog_name="ckptsurgeon").stdout
+        title = f"ckptsurgeon {name}".strip()
+        parts.append(f"### `{title}`\n\n```text\n{out.rstrip()}\n```\n")
+    return "\n".join(parts)
+
+
+def console_blocks(text: str) -> list[list[tuple[str, str]]]:
+    """Every ```console block as [(command, expected stdout)]."""
+    blocks = []
+    for body in re.findall(r"```console\n(.*?)```", text, re.S):
+        steps: list[tuple[str, list[str]]] = []
+        for line in body.splitlines():
+            if line.startswith("$ "):
+                steps.append((line[2:], []))
+            elif steps:
+                steps[-1][1].append(line)
+        blocks.append([(cmd, "\n".join(out)) for cmd, out in steps])
+    return blocks
+
+
+def test_help_reference_in_sync():
+    text = README.read_text()
+    assert BEGIN in text and END in text
+    current = text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+    assert current == help_reference().strip(), "run: python tests/test_readme.py --write"
+
+
+def test_every_command_has_help_and_is_documented():
+    text = README.read_text()
+    for name, cmd in main.commands.items():
+        assert cmd.help, name
+        assert f"ckptsurgeon {name}" in text, name
+
+
+def test_readme_has_two_setup_commands():
+    text = README.read_text()
+    setup = re.findall(r"```sh\n(.*?)```", text, re.S)
+    assert len(setup) >= 2
+    assert "ckptsurgeon reinit" in setup[0] and "pytest" in setup[1]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert setup[1].strip().splitlines()[-1].split("&& ")[-1] in ci
+
+
+@pytest.mark.parametrize("index", range(len(console_blocks(README.read_text()))))
+def test_transcripts_run_as_written(tmp_path, index):
+    block = console_blocks(README.read_text())[index]
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    for cmd, expected in block:
+        if cmd.startswith("pip "):
+            continue
+        cmd = cmd.replace("python ", f"{sys.executable} ", 1) if cmd.startswith("python ") else cmd
+        proc = subprocess.run(
+            cmd, shell=True, cwd=tmp_path, capture_output=True, text=True, env=env
+        )
+        assert proc.stdout.rstrip() == expected.rstrip(), f"{cmd}\n{proc.stderr}"
+
+
+def test_python_api_snippets_run(tmp_path):
+    snippets = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    assert snippets
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    subprocess.run(
+        [sys.executable, "examples/make_tiny_bert.py", "tiny-bert"],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
+    for code in snippets:
+        subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
+
+
+if __name__ == "__main__" and "--write" in sys.argv:
+    text = README.read_text()
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(f"{head}{BEGIN}\n{help_reference()}\n{END}{tail}")
+    print("README.md reference updated")
