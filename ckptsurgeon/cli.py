@@ -347,6 +347,135 @@ def drop_cmd(
     _report(result, as_json, dry_run=dry_run)
 
 
+@main.command("diff")
+@click.argument("a", type=click.Path())
+@click.argument("b", type=click.Path())
+@_patterns_option
+@_exclude_option
+@click.option(
+    "--atol",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Absolute tolerance for 'close'.",
+)
+@click.option(
+    "--rtol",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Relative tolerance (of |b|) for 'close'.",
+)
+@click.option(
+    "--names-only", is_flag=True, help="Compare names, dtypes and shapes from headers alone."
+)
+@click.option(
+    "--strip-prefix-a", metavar="P", help="Remove prefix P from A's names before aligning."
+)
+@click.option(
+    "--strip-prefix-b", metavar="P", help="Remove prefix P from B's names before aligning."
+)
+@click.option(
+    "--normalize",
+    is_flag=True,
+    help="Fold module./_orig_mod. prefixes, gamma/beta and tied aliases.",
+)
+@click.option("--all", "show_all", is_flag=True, help="List every tensor, identical ones too.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def diff_cmd(
+    ctx: click.Context,
+    a: str,
+    b: str,
+    patterns: tuple[str, ...],
+    exclude: tuple[str, ...],
+    atol: float,
+    rtol: float,
+    names_only: bool,
+    strip_prefix_a: str | None,
+    strip_prefix_b: str | None,
+    normalize: bool,
+    show_all: bool,
+    as_json: bool,
+) -> None:
+    """Compare checkpoints A and B tensor by tensor.
+
+    Statuses: identical, close (within --atol/--rtol), changed, dtype_mismatch, shape_mismatch,
+    only_in_a, only_in_b (same_header with --names-only). Exit 0 when nothing differs beyond
+    tolerance, 1 when something does, 2 on error.
+    """
+    from .diff import diff
+
+    result = diff(
+        a,
+        b,
+        patterns,
+        exclude,
+        atol=atol,
+        rtol=rtol,
+        names_only=names_only,
+        strip_prefix_a=strip_prefix_a,
+        strip_prefix_b=strip_prefix_b,
+        normalize=normalize,
+    )
+    if as_json:
+        emit_json(result.to_json(include_all=show_all))
+    else:
+        _render_diff(result, show_all)
+    ctx.exit(0 if result.identical else 1)
+
+
+def _render_diff(result: Any, show_all: bool) -> None:
+    from .patterns import group_of
+
+    for side, ckpt in (("a", result.a), ("b", result.b)):
+        click.echo(f"{side}: {ckpt.path} ({ckpt.format}, {len(ckpt.tensors)} tensors)")
+    for status, n in result.summary.items():
+        click.echo(f"{status}: {n}")
+    differing = result.differences()
+    if not differing and not show_all:
+        click.echo("no differences")
+        return
+    groups: dict[str, dict[str, int]] = {}
+    for t in differing:
+        counts = groups.setdefault(group_of(t.name), {})
+        counts[t.status] = counts.get(t.status, 0) + 1
+    if differing:
+        click.echo("\nby layer or module:")
+        rows = [
+            [g, ", ".join(f"{n} {s}" for s, n in counts.items())] for g, counts in groups.items()
+        ]
+        click.echo(_table(rows, ["group", "tensors"]))
+    shown = result.tensors if show_all else differing
+    rows = [
+        [
+            t.status,
+            t.name,
+            _pair(t.dtype_a, t.dtype_b),
+            _pair(
+                _shape(t.shape_a) if t.shape_a else None, _shape(t.shape_b) if t.shape_b else None
+            ),
+            _fmt(t.max_abs),
+            _fmt(t.mean_abs),
+            _fmt(t.rel_l2),
+            _fmt(t.cosine),
+        ]
+        for t in shown
+    ]
+    click.echo()
+    click.echo(
+        _table(
+            rows, ["status", "name", "dtype", "shape", "max_abs", "mean_abs", "rel_l2", "cosine"]
+        )
+    )
+
+
+def _pair(x: str | None, y: str | None) -> str:
+    if x == y:
+        return x or "-"
+    return f"{x or '-'} -> {y or '-'}"
+
+
 def _report(result: Any, as_json: bool, *, dry_run: bool) -> None:
     plan = result.plan
     for w in plan.warnings:
@@ -386,13 +515,12 @@ def _report(result: Any, as_json: bool, *, dry_run: bool) -> None:
 
 
 def group_names(names: Sequence[str]) -> dict[str, int]:
-    """Group tensor names by layer (``bert.encoder.layer.3``) or module, in first-seen order."""
-    import re
+    """Count tensor names per layer (``bert.encoder.layer.3``) or module, in first-seen order."""
+    from .patterns import group_of
 
     groups: dict[str, int] = {}
     for name in names:
-        match = re.match(r"^(.*?\.layers?\.\d+)\.", name)
-        key = match.group(1) if match else name.rsplit(".", 1)[0]
+        key = group_of(name)
         groups[key] = groups.get(key, 0) + 1
     return groups
 

@@ -115,3 +115,9 @@ def raise_no_match(pattern: str, names: Sequence[str]) -> None:
     if close:
         hint = "closest names: " + ", ".join(close)
     raise PatternError("pattern matches no tensor", pattern, hint)
+
+
+def group_of(name: str) -> str:
+    """The layer (``bert.encoder.layer.3``) or module a tensor belongs to, for summaries."""
+    match = re.match(r"^(.*?\.layers?\.\d+)\.", name)
+    return match.group(1) if match else name.rsplit(".", 1)[0]

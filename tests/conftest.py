@@ -86,7 +86,13 @@ def save_layout(model: Any, layout: str, out: Path) -> Path:
             model.state_dict(), out / "pytorch_model.bin", _use_new_zipfile_serialization=False
         )
     elif layout == "bin-sharded":
-        state = model.state_dict()
+        # like save_pretrained: tied aliases (shared storage) are written once
+        state, seen = {}, set()
+        for name, t in model.state_dict().items():
+            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+            if key not in seen:
+                seen.add(key)
+                state[name] = t
         names = list(state)
         half = len(names) // 2
         parts = [names[:half], names[half:]]
