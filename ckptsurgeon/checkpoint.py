@@ -8,6 +8,7 @@ imported). Tensor bytes are read later, in chunks, through :meth:`Checkpoint.rea
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -17,7 +18,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .dtypes import numel_of
-from .errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedFormatError
+from .errors import (
+    CheckpointNotFoundError,
+    CkptSurgeonError,
+    CorruptCheckpointError,
+    SourceReadError,
+    UnsupportedFormatError,
+)
 from .safetensors_format import read_header
 
 SAFE_SINGLE = "model.safetensors"
@@ -149,6 +156,17 @@ def _write_all(fd: int, data: memoryview | bytes) -> None:
         view = view[written:]
 
 
+# errors of copy_file_range that mean "not here": fall back to read/write
+_NO_COPY_RANGE = {
+    errno.EXDEV,
+    errno.ENOSYS,
+    errno.EINVAL,
+    errno.EOPNOTSUPP,
+    errno.EBADF,
+    errno.EPERM,
+}
+
+
 class SafetensorsReader(TensorReader):
     def __init__(self, ckpt: Checkpoint) -> None:
         super().__init__(ckpt)
@@ -158,7 +176,10 @@ class SafetensorsReader(TensorReader):
     def _fd(self, fname: str) -> int:
         fd = self._fds.get(fname)
         if fd is None:
-            fd = os.open(fname, os.O_RDONLY)
+            try:
+                fd = os.open(fname, os.O_RDONLY)
+            except OSError as exc:
+                raise read_error(exc, fname) from exc
             self._fds[fname] = fd
             stamp = self.ckpt._stamps.get(fname)
             st = os.fstat(fd)
@@ -180,7 +201,10 @@ class SafetensorsReader(TensorReader):
         fd = self._fd(info.file)
         pos, end = info.offset, info.offset + info.nbytes
         while pos < end:
-            data = os.pread(fd, min(chunk_bytes, end - pos), pos)
+            try:
+                data = os.pread(fd, min(chunk_bytes, end - pos), pos)
+            except OSError as exc:
+                raise read_error(exc, info.file) from exc
             if not data:
                 raise CorruptCheckpointError(
                     "file ended early while reading tensor " + repr(info.name),
@@ -200,7 +224,9 @@ class SafetensorsReader(TensorReader):
         while remaining:
             try:
                 n = os.copy_file_range(src, fd, min(remaining, 1 << 30), pos)
-            except OSError:
+            except OSError as exc:
+                if exc.errno not in _NO_COPY_RANGE:
+                    raise
                 # cross-device or unsupported file system: fall back to plain reads and writes
                 self._fast_copy = False
                 rest = TensorInfo(info.name, info.dtype, (remaining,), remaining, info.file, pos)
@@ -234,9 +260,24 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise CheckpointNotFoundError(
             "no such file or directory", str(p), "check the path of the checkpoint"
         )
-    ckpt = _open_dir(p) if p.is_dir() else _open_file(p)
-    ckpt.config = _read_config(ckpt)
+    try:
+        ckpt = _open_dir(p) if p.is_dir() else _open_file(p)
+        ckpt.config = _read_config(ckpt)
+    except OSError as exc:
+        if isinstance(exc, CkptSurgeonError):
+            raise
+        raise read_error(exc, exc.filename or p) from exc
     return ckpt
+
+
+def read_error(exc: OSError, path: object) -> SourceReadError:
+    """A source file that exists but cannot be read, as a one-line error."""
+    reason = exc.strerror or type(exc).__name__
+    return SourceReadError(
+        f"cannot read the checkpoint ({reason.lower()})",
+        str(path),
+        "check the file's permissions and that the disk is healthy",
+    )
 
 
 def _open_dir(d: Path) -> Checkpoint:

@@ -34,6 +34,10 @@ class CheckpointNotFoundError(CkptSurgeonError, FileNotFoundError):
     """A path does not exist, or a directory holds no weights."""
 
 
+class SourceReadError(CkptSurgeonError, OSError):
+    """A source file exists but cannot be read (permissions, I/O error)."""
+
+
 class UnsupportedFormatError(CkptSurgeonError, ValueError):
     """A file is not a checkpoint format ckptsurgeon reads."""
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .checkpoint import Checkpoint, TensorInfo, TensorReader
+from .checkpoint import Checkpoint, TensorInfo, TensorReader, read_error
 from .dtypes import TORCH_TO_ST
 from .errors import CorruptCheckpointError, UnsafePickleError, UnsupportedFormatError
 from .ties import canonical_of
@@ -35,9 +35,7 @@ def load_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
         with open(path, "rb") as fh:
             magic = fh.read(2)
     except OSError as exc:
-        raise CorruptCheckpointError(
-            f"cannot read file ({exc.strerror})", str(path), "check the file's permissions"
-        ) from None
+        raise read_error(exc, path) from None
     if not is_zip and magic[:1] != b"\x80":
         if magic == b"PK":
             raise CorruptCheckpointError(

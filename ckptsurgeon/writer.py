@@ -16,6 +16,7 @@ import errno
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -341,6 +342,22 @@ def _verify(path: Path, tensors: Sequence[OutTensor]) -> None:
         )
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``); False if unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return bool(rc == 0)
+
+
 def _publish(tmp: Path, dest: Path, overwrite: bool) -> None:
     if dest.exists() or dest.is_symlink():
         if not overwrite:  # appeared while we were writing
@@ -350,6 +367,9 @@ def _publish(tmp: Path, dest: Path, overwrite: bool) -> None:
                 "choose a new path or pass --overwrite",
             )
         if dest.is_dir() and not dest.is_symlink():
+            if _exchange(tmp, dest):
+                _remove(tmp)  # now holds the previous DEST
+                return
             old = dest.parent / f".{dest.name}{OLD_SUFFIX}"
             _remove(old)
             os.rename(dest, old)
