@@ -1,0 +1,428 @@
+"""Hostile and broken inputs, faults mid-write, limits: nothing executed, lost or half-written."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from test_format_and_reader import BAD_HEADERS, write_raw
+
+from ckptsurgeon import CorruptCheckpointError, convert, drop, open_checkpoint, reinit
+from ckptsurgeon.cli import main
+from ckptsurgeon.dtypes import DTYPES, nbytes_of
+from ckptsurgeon.safetensors_format import build_header
+from ckptsurgeon.surgery import execute, plan_convert
+
+
+def cli(*args: object):
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    return r.exit_code, r.stdout, r.stderr, r.exception
+
+
+def tree_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(Path(path).rglob("*")) if Path(path).is_dir() else [Path(path)]:
+        if p.is_file():
+            h.update(str(p.relative_to(path) if Path(path).is_dir() else p.name).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if "ckptsurgeon" in p.name)
+
+
+def assert_clean_error(code: int, stderr: str, *needles: str) -> None:
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("Error: ") and not lines[0].startswith("Error: unexpected"), stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, stderr)
+
+
+@pytest.mark.parametrize(("header", "data", "message"), BAD_HEADERS)
+def test_bad_safetensors_cli_exit_2_nothing_written(tmp_path, header, data, message):
+    src = write_raw(tmp_path / "bad.safetensors", header, data)
+    before = tree_hash(src)
+    out = tmp_path / "out"
+    out.mkdir()
+    for cmd in (
+        ["convert", src, out / "x"],
+        ["inspect", src],
+        ["drop", src, out / "y", "-p", "*"],
+        ["diff", src, src],
+    ):
+        code, _, err, _ = cli(*cmd)
+        assert_clean_error(code, err, str(src), message)
+    assert list(out.iterdir()) == []
+    assert tree_hash(src) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# fuzzing: every outcome is a correct read or a clean error
+
+
+def _mutations(data: bytes, rng: random.Random, n: int) -> list[bytes]:
+    out = []
+    header_len = int.from_bytes(data[:8], "little") + 8 if len(data) > 8 else len(data)
+    for _ in range(n):
+        kind = rng.choice(["flip", "flip_header", "truncate", "edit_number", "insert", "zero_run"])
+        b = bytearray(data)
+        if kind == "flip":
+            i = rng.randrange(len(b))
+            b[i] ^= 1 << rng.randrange(8)
+        elif kind == "flip_header":
+            i = rng.randrange(min(header_len, len(b)))
+            b[i] ^= 1 << rng.randrange(8)
+        elif kind == "truncate":
+            b = b[: rng.randrange(len(b))]
+        elif kind == "edit_number":
+            digits = [i for i in range(8, min(header_len, len(b))) if chr(b[i]).isdigit()]
+            if digits:
+                i = rng.choice(digits)
+                b[i] = ord(str(rng.randrange(10)))
+        elif kind == "insert":
+            i = rng.randrange(len(b))
+            b[i:i] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 9)))
+        else:
+            i = rng.randrange(len(b))
+            b[i : i + 64] = bytes(min(64, len(b) - i))
+        out.append(bytes(b))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("layout", "cases"), [("safetensors", 160), ("bin", 60), ("bin-legacy", 40)]
+)
+def test_fuzz_mutated_checkpoints(model_store, tmp_path, layout, cases):
+    src_dir = model_store("bert", layout)
+    weights = next(p for p in src_dir.iterdir() if p.suffix in (".safetensors", ".bin"))
+    rng = random.Random(f"fuzz-{layout}")
+    outcomes = {"ok": 0, "error": 0}
+    for i, blob in enumerate(_mutations(weights.read_bytes(), rng, cases)):
+        f = tmp_path / f"m{i}{weights.suffix}"
+        f.write_bytes(blob)
+        dest = tmp_path / f"out{i}.safetensors"
+        for cmd in (["inspect", f, "--stats", "--json"], ["convert", f, dest]):
+            code, out, err, exc = cli(*cmd)
+            assert exc is None or isinstance(exc, SystemExit), (i, cmd, repr(exc))
+            if code == 0:
+                outcomes["ok"] += 1
+            else:
+                assert_clean_error(code, err, str(f))
+                outcomes["error"] += 1
+        if dest.exists():
+            # whatever was accepted converts to a file that reads back with the official loader
+            from safetensors import safe_open
+
+            with safe_open(str(dest), "np") as fh:
+                assert sorted(fh.keys()) == sorted(open_checkpoint(dest).names)
+        assert leftovers(tmp_path) == []
+        f.unlink()
+    assert outcomes["error"] > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# faults while writing
+
+
+def _kill_during_write(cmd: list[str], tmp: Path, delay: float) -> None:
+    """Start ``cmd``, wait until its temp output appears, wait ``delay`` more, SIGKILL it."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while proc.poll() is None and not tmp.exists() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def _synthetic(path: Path, n_tensors: int, elems: int, seed: int = 0) -> Path:
+    """A safetensors directory of random F32 data with BERT-like names, written by hand."""
+    path.mkdir(parents=True)
+    rng = random.Random(seed)
+    specs = [
+        (f"encoder.layer.{i}.dense.weight", "F32", (elems // 1000, 1000), elems * 4)
+        for i in range(n_tensors)
+    ]
+    header, _ = build_header(specs, {"format": "pt"})
+    with open(path / "model.safetensors", "wb") as fh:
+        fh.write(header)
+        for _ in specs:
+            fh.write(rng.randbytes(elems * 4))
+    (path / "config.json").write_text(
+        '{"model_type": "bert", "num_hidden_layers": %d}\n' % n_tensors
+    )
+    return path
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_leaves_nothing_half_written(tmp_path):
+    src = _synthetic(tmp_path / "src", 12, 8_000_000)  # 384 MB
+    src_hash = tree_hash(src)
+    out = tmp_path / "out"
+    out.mkdir()
+    dest = out / "dest"
+    cmd = [
+        sys.executable,
+        "-m",
+        "ckptsurgeon",
+        "convert",
+        str(src),
+        str(dest),
+        "--max-shard-size",
+        "100MB",
+    ]
+    rng = random.Random(1)
+    killed_mid_write = 0
+    for _ in range(8):
+        _kill_during_write(cmd, out / ".dest.ckptsurgeon-tmp", rng.uniform(0, 0.3))
+        if dest.exists():  # finished before the kill: must be complete
+            assert open_checkpoint(dest).total_bytes == 12 * 32_000_000
+            shutil.rmtree(dest)
+        else:
+            killed_mid_write += 1
+        assert set(leftovers(out)) <= {".dest.ckptsurgeon-tmp"}
+    assert killed_mid_write > 0
+    subprocess.run(cmd, check=True, capture_output=True)
+    assert leftovers(out) == []
+    assert open_checkpoint(dest).total_bytes == 12 * 32_000_000
+    assert tree_hash(src) == src_hash
+
+    # with --overwrite: DEST is always the previous output or the complete new one
+    previous = tree_hash(dest)
+    overwrite = [
+        sys.executable,
+        "-m",
+        "ckptsurgeon",
+        "reinit",
+        str(src),
+        str(dest),
+        "--overwrite",
+        "-p",
+        "encoder.layer.0.*",
+        "--seed",
+        "5",
+    ]
+    subprocess.run(overwrite, check=True, capture_output=True)
+    new = tree_hash(dest)
+    shutil.rmtree(dest)
+    subprocess.run(cmd, check=True, capture_output=True)
+    assert tree_hash(dest) == previous
+    for _ in range(6):
+        _kill_during_write(overwrite, out / ".dest.ckptsurgeon-tmp", rng.uniform(0, 0.4))
+        assert tree_hash(dest) in (previous, new)
+        assert set(leftovers(out)) <= {".dest.ckptsurgeon-tmp", ".dest.ckptsurgeon-old"}
+    assert tree_hash(src) == src_hash
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str, readonly: bool = False):
+    path.mkdir(parents=True, exist_ok=True)
+    opts = f"size={size}" + (",ro" if readonly else "")
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True
+    )
+    if r.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def test_disk_full_real_tmpfs(model_store, tmp_path):
+    src = model_store("bert")
+    before = tree_hash(src)
+    with tmpfs(tmp_path / "small", "64k") as small:
+        code, _, err, _ = cli("convert", src, small / "out")
+        assert_clean_error(
+            code, err, "no space left on device; nothing was written", str(small / "out")
+        )
+        assert list(small.iterdir()) == []
+    assert tree_hash(src) == before
+
+
+def test_disk_full_injected(model_store, tmp_path, monkeypatch):
+    src = model_store("bert", "bin")
+    real_write = os.write
+    written = {"n": 0}
+
+    def full_write(fd, data):
+        written["n"] += 1
+        if written["n"] > 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full_write)
+    code, _, err, _ = cli("convert", src, tmp_path / "out")
+    assert_clean_error(
+        code,
+        err,
+        f"no space left on device; nothing was written ({tmp_path / 'out'}): free some space",
+    )
+    assert leftovers(tmp_path) == [] and not (tmp_path / "out").exists()
+
+
+def test_read_only_destination(model_store, tmp_path):
+    src = model_store("bert")
+    with tmpfs(tmp_path / "ro", "1m", readonly=True) as ro:
+        code, _, err, _ = cli("convert", src, ro / "out")
+        assert_clean_error(code, err, "cannot write to the destination's directory", str(ro))
+
+
+def test_permission_denied_on_source(model_store, monkeypatch, tmp_path):
+    src = model_store("bert")
+    import builtins
+
+    real_open = builtins.open
+
+    def deny(file, *a, **k):
+        if str(file).startswith(str(src)):
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_open(file, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", deny)
+    code, _, err, _ = cli("convert", src, tmp_path / "out")
+    assert_clean_error(
+        code, err, "cannot read the checkpoint (permission denied)", "check the file's permissions"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("layout", ["safetensors", "bin"])
+def test_source_changed_while_reading(src_copy, tmp_path, layout):
+    src = src_copy("bert", layout)
+    ckpt = open_checkpoint(src)
+    plan = plan_convert(ckpt)
+    with open(ckpt.files[0], "ab") as fh:
+        fh.write(b"\0" * 16)
+    with pytest.raises(CorruptCheckpointError, match="source file changed"):
+        execute(plan, ckpt, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_fsync_before_publishing_rename(model_store, tmp_path, monkeypatch):
+    events: list[str] = []
+    real_fsync, real_replace, real_rename = os.fsync, os.replace, os.rename
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(
+        os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1]
+    )
+    monkeypatch.setattr(os, "rename", lambda a, b: (events.append("rename"), real_rename(a, b))[1])
+    convert(model_store("bert"), tmp_path / "one.safetensors")
+    assert events.index("fsync") < events.index("replace")
+    events.clear()
+    convert(model_store("bert"), tmp_path / "dir", max_shard_size=30_000)
+    publish = events.index("replace")
+    assert events[:publish].count("fsync") >= 3  # every shard, the index, the directory
+
+
+# ---------------------------------------------------------------------------------------------
+# limits
+
+
+def _exotic(path: Path) -> tuple[Path, dict[str, bytes]]:
+    rng = random.Random(3)
+    specs, blobs = [], {}
+    for dtype in DTYPES:
+        shape = (2, 4) if DTYPES[dtype].bits >= 8 else (4, 4)
+        name = f"t.{dtype.lower()}.weight"
+        specs.append((name, dtype, shape, nbytes_of(dtype, shape)))
+    specs += [
+        ("层.权重.weight", "F32", (3, 2), 24),
+        ("x" * 1000 + ".weight", "F32", (2, 2), 16),
+        ("empty.weight", "F32", (0, 4), 0),
+        ("scalar", "F32", (), 4),
+    ]
+    header, _ = build_header(specs, {"format": "pt"})
+    with open(path, "wb") as fh:
+        fh.write(header)
+        for name, _, _, n in sorted(specs, key=lambda s: 0):
+            blobs[name] = rng.randbytes(n)
+            fh.write(blobs[name])
+    return path, blobs
+
+
+def _bytes_of(path: Path) -> dict[str, bytes]:
+    ckpt = open_checkpoint(path)
+    with ckpt.reader() as r:
+        return {t.name: r.read(t) for t in ckpt.tensors}
+
+
+def test_every_dtype_unicode_long_empty_scalar_pass_through(tmp_path):
+    src, blobs = _exotic(tmp_path / "exotic.safetensors")
+    convert(src, tmp_path / "c.safetensors")
+    assert _bytes_of(tmp_path / "c.safetensors") == blobs
+    drop(src, tmp_path / "d.safetensors", ["t.bool.*"])
+    got = _bytes_of(tmp_path / "d.safetensors")
+    assert got == {k: v for k, v in blobs.items() if k != "t.bool.weight"}
+    res = reinit(src, tmp_path / "r.safetensors", ["t.f32.weight", "t.u16.weight", "empty.weight"])
+    assert [s.name for s in res.plan.skipped] == ["t.u16.weight"]
+    got = _bytes_of(tmp_path / "r.safetensors")
+    assert got["t.f32.weight"] != blobs["t.f32.weight"] and got["empty.weight"] == b""
+    assert {k: v for k, v in got.items() if k != "t.f32.weight"} == {
+        k: v for k, v in blobs.items() if k != "t.f32.weight"
+    }
+    code, _, err, _ = cli("reinit", src, tmp_path / "bad.safetensors", "-p", "t.f8_e4m3.weight")
+    assert_clean_error(code, err, "no re-initialisation rule for dtype F8_E4M3 (t.f8_e4m3.weight)")
+
+
+def _peak_rss_mib(args: list[str]) -> tuple[int, float]:
+    code = (
+        "import resource, subprocess, sys\n"
+        "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode\n"
+        "print(rc, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=True
+    )
+    rc, rss = out.stdout.split()
+    return int(rc), float(rss)
+
+
+@pytest.mark.slow
+def test_100k_tensors_and_a_4gb_tensor_in_bounded_memory(tmp_path):
+    many = tmp_path / "many.safetensors"
+    specs = [(f"block.{i}.weight", "F32", (4,), 16) for i in range(100_000)]
+    header, _ = build_header(specs, {"format": "pt"})
+    with open(many, "wb") as fh:
+        fh.write(header)
+        fh.truncate(len(header) + 16 * 100_000)
+    big = tmp_path / "big.safetensors"
+    specs = [("huge.weight", "F32", (1 << 30,), 1 << 32), ("small.bias", "F32", (4,), 16)]
+    header, _ = build_header(specs, {"format": "pt"})
+    with open(big, "wb") as fh:
+        fh.write(header)
+        fh.truncate(len(header) + (1 << 32) + 16)  # sparse: no 4 GB written to create it
+    exe = [sys.executable, "-m", "ckptsurgeon"]
+    for src, one in ((many, "block.7.weight"), (big, "small.bias")):
+        for args in (
+            ["inspect", src, "--json"],
+            ["drop", src, tmp_path / f"d-{src.stem}.safetensors", "-p", one],
+            ["diff", "--names-only", src, tmp_path / f"d-{src.stem}.safetensors"],
+        ):
+            rc, rss = _peak_rss_mib([*exe, *map(str, args)])
+            assert rc in (0, 1), args
+            assert rss < 400, (args, rss)
+    assert open_checkpoint(tmp_path / "d-big.safetensors").names == ["huge.weight"]
+    assert len(open_checkpoint(tmp_path / "d-many.safetensors").tensors) == 99_999
+    assert (
+        json.loads(open_checkpoint(tmp_path / "d-big.safetensors").metadata["ckptsurgeon"])[
+            "operation"
+        ]
+        == "drop"
+    )
