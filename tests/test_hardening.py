@@ -163,9 +163,8 @@ def _synthetic(path: Path, n_tensors: int, elems: int, seed: int = 0) -> Path:
         fh.write(header)
         for _ in specs:
             fh.write(rng.randbytes(elems * 4))
-    (path / "config.json").write_text(
-        '{"model_type": "bert", "num_hidden_layers": %d}\n' % n_tensors
-    )
+    config = {"model_type": "bert", "num_hidden_layers": n_tensors}
+    (path / "config.json").write_text(json.dumps(config) + "\n")
     return path
 
 
