@@ -70,19 +70,26 @@ def test_readme_has_two_setup_commands():
     assert setup[1].strip().splitlines()[-1].split("&& ")[-1] in ci
 
 
+def run_transcript(block: list[tuple[str, str]], cwd: Path) -> list[tuple[str, str, str]]:
+    """Run a transcript's commands in ``cwd``: [(command, stdout, stderr)]."""
+    (cwd / "examples").symlink_to(ROOT / "examples")
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    results = []
+    for cmd, _ in block:
+        if cmd.startswith("pip "):
+            continue
+        real = cmd.replace("python ", f"{sys.executable} ", 1) if cmd.startswith("python ") else cmd
+        proc = subprocess.run(real, shell=True, cwd=cwd, capture_output=True, text=True, env=env)
+        results.append((cmd, proc.stdout, proc.stderr))
+    return results
+
+
 @pytest.mark.parametrize("index", range(len(console_blocks(README.read_text()))))
 def test_transcripts_run_as_written(tmp_path, index):
     block = console_blocks(README.read_text())[index]
-    (tmp_path / "examples").symlink_to(ROOT / "examples")
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    for cmd, expected in block:
-        if cmd.startswith("pip "):
-            continue
-        cmd = cmd.replace("python ", f"{sys.executable} ", 1) if cmd.startswith("python ") else cmd
-        proc = subprocess.run(
-            cmd, shell=True, cwd=tmp_path, capture_output=True, text=True, env=env
-        )
-        assert proc.stdout.rstrip() == expected.rstrip(), f"{cmd}\n{proc.stderr}"
+    expected = {cmd: out for cmd, out in block}
+    for cmd, out, err in run_transcript(block, tmp_path):
+        assert out.rstrip() == expected[cmd].rstrip(), f"{cmd}\n{err}"
 
 
 def test_python_api_snippets_run(tmp_path):
@@ -99,7 +106,21 @@ def test_python_api_snippets_run(tmp_path):
         subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
 
 
+def rewrite_transcripts(text: str) -> str:
+    import tempfile
+
+    def redo(match: re.Match[str]) -> str:
+        block = console_blocks(match.group(0))[0]
+        with tempfile.TemporaryDirectory() as tmp:
+            ran = run_transcript(block, Path(tmp))
+        body = "".join(f"$ {cmd}\n{out}" for cmd, out, _ in ran)
+        return f"```console\n{body}```"
+
+    return re.sub(r"```console\n(.*?)```", redo, text, flags=re.S)
+
+
 if __name__ == "__main__" and "--write" in sys.argv:
+    README.write_text(rewrite_transcripts(README.read_text()))
     text = README.read_text()
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)

@@ -276,3 +276,29 @@ def test_headless_and_distilbert_stacks(tmp_path):
         from ckptsurgeon.selection import top_layer_patterns
 
         top_layer_patterns(["a.weight"], 1, None, "x")
+
+
+def test_seed_contract_golden_values():
+    """The documented stream (SFC64 per chunk, Box-Muller, float32, round to nearest even) is
+    part of the interface: the same seed must give the same values in every release."""
+    f32 = b"".join(
+        bytes(c)
+        for c in generate("bert.pooler.dense.weight", "F32", (2, 3), Rule("normal", 0.02), 0)
+    )
+    assert torch.frombuffer(bytearray(f32), dtype=torch.float32).tolist() == pytest.approx(
+        [-0.032507624, 0.025458012, 0.011597718, -0.017175252, -0.010579026, 0.005087442], abs=1e-9
+    )
+    bf16 = b"".join(
+        bytes(c)
+        for c in generate("bert.pooler.dense.weight", "BF16", (2, 3), Rule("normal", 0.02), 0)
+    )
+    assert bf16.hex() == "05bdd13c3e3c8dbc2dbca73b"
+
+
+def test_normal_shape_of_distribution():
+    raw = b"".join(bytes(c) for c in generate("w", "F32", (1 << 21,), Rule("normal", 1.0), seed=9))
+    t = torch.frombuffer(bytearray(raw), dtype=torch.float32).double()
+    for k, p in ((1, 0.682689), (2, 0.954500), (3, 0.997300)):
+        assert (t.abs() < k).double().mean().item() == pytest.approx(p, abs=0.0015)
+    assert ((t - t.mean()) ** 3).mean().item() == pytest.approx(0.0, abs=0.01)  # skewness
+    assert ((t - t.mean()) ** 4).mean().item() == pytest.approx(3.0, abs=0.03)  # kurtosis
