@@ -146,14 +146,14 @@ class TensorReader:
 
     def copy_to(self, info: TensorInfo, fd: int) -> None:
         for chunk in self.chunks(info):
-            _write_all(fd, chunk)
+            write_all(fd, chunk)
 
 
-def _write_all(fd: int, data: memoryview | bytes) -> None:
+def write_all(fd: int, data: memoryview | bytes) -> None:
+    """Write every byte of ``data`` to ``fd`` (``os.write`` may write less than asked)."""
     view = memoryview(data)
     while view.nbytes:
-        written = os.write(fd, view)
-        view = view[written:]
+        view = view[os.write(fd, view) :]
 
 
 # errors of copy_file_range that mean "not here": fall back to read/write
@@ -231,7 +231,7 @@ class SafetensorsReader(TensorReader):
                 self._fast_copy = False
                 rest = TensorInfo(info.name, info.dtype, (remaining,), remaining, info.file, pos)
                 for chunk in self.chunks(rest):
-                    _write_all(fd, chunk)
+                    write_all(fd, chunk)
                 return None
             if n == 0:
                 raise CorruptCheckpointError(

@@ -9,8 +9,11 @@ from typing import Any
 from .errors import SelectionError
 from .patterns import select
 
-# The encoder stack of BERT-family models, with or without the model prefix.
-_STACK_RE = re.compile(r"^((?:[A-Za-z_][A-Za-z0-9_]*\.)?(?:encoder|transformer)\.layer)\.(\d+)\.")
+# The encoder stack of BERT-family models, with or without the model prefix (and the block
+# stacks of decoder-style checkpoints: ``model.layers.N``, ``transformer.h.N``).
+_STACK_RE = re.compile(
+    r"^((?:[A-Za-z_][A-Za-z0-9_]*\.)?(?:(?:encoder|transformer)\.layer|layers|h))\.(\d+)\."
+)
 POOLER_PATTERN = "*pooler.dense.*"
 
 

@@ -11,11 +11,10 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .checkpoint import Checkpoint, TensorInfo, open_checkpoint
+from .checkpoint import Checkpoint, TensorInfo, open_checkpoint, write_all
 from .errors import InitRuleError, SelectionError
 from .init_rules import Rule, Skip, generate, rule_for, std_from
 from .selection import resolve_selection
@@ -334,7 +333,7 @@ def execute(
             rule = plan._rules[t.name]
             stream_name = step.values_from or t.name
             for chunk in generate(stream_name, t.dtype, t.shape, rule, seed, threads):
-                _write_all(fd, chunk)
+                write_all(fd, chunk)
 
         return write_checkpoint(
             ckpt,
@@ -345,12 +344,6 @@ def execute(
             max_shard_size=max_shard_size,
             overwrite=overwrite,
         )
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view.nbytes:
-        view = view[os.write(fd, view) :]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,7 +434,3 @@ def reinit(
             threads=threads,
         ),
     )
-
-
-def _unused(_: Path) -> None:  # pragma: no cover - keeps Path import for type checkers
-    return None

@@ -27,6 +27,7 @@ from .checkpoint import (
     Checkpoint,
     is_weight_file,
     open_checkpoint,
+    write_all,
 )
 from .dtypes import DTYPES
 from .errors import CkptSurgeonError, DestinationError, VerificationError, WriteError
@@ -189,7 +190,7 @@ def write_safetensors(
     header, _ = build_header([(t.name, t.dtype, t.shape, t.nbytes) for t in ordered], metadata)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        _write_all(fd, header)
+        write_all(fd, header)
         pos = len(header)
         for t in ordered:
             emit(t, fd)
@@ -205,12 +206,6 @@ def write_safetensors(
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view.nbytes:
-        view = view[os.write(fd, view) :]
 
 
 def copy_extra_files(src: Checkpoint, target_dir: Path) -> list[str]:
@@ -314,7 +309,7 @@ def _write_dir(
     text = json.dumps(index, indent=2, sort_keys=True) + "\n"
     fd = os.open(tmp / SAFE_INDEX, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        _write_all(fd, text.encode("utf-8"))
+        write_all(fd, text.encode("utf-8"))
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -37,19 +37,25 @@ def test_drop_query_projection_reports_exactly_those_missing(model_store, tmp_pa
     )
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("family", ["roberta", "distilbert", "electra"])
-def test_drop_top_layer_other_families(model_store, tmp_path, family):
+def test_drop_top_layer_other_families(model_store, tmp_path, family, layout):
     stack = {
         "roberta": "roberta.encoder.layer.2.*",
         "distilbert": "distilbert.transformer.layer.2.*",
         "electra": "electra.encoder.layer.2.*",
     }[family]
-    result = drop(model_store(family, "bin"), tmp_path / "out", [stack])
+    src = model_store(family, layout)
+    result = drop(src, tmp_path / "out", [stack])
     dropped = sorted(t.name for t in result.plan.tensors if t.action == "drop")
     assert dropped
-    _, info = load_model(tmp_path / "out", family)
+    model, info = load_model(tmp_path / "out", family)
     assert info["missing_keys"] == dropped
     assert info["unexpected_keys"] == []
+    state = model.state_dict()
+    for name, tensor in reference_state(src).items():
+        if name not in dropped:
+            assert_bitwise_equal(state[name], tensor, name)
 
 
 def test_drop_head_then_load_as_classifier(model_store, tmp_path):

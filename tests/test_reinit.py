@@ -272,6 +272,9 @@ def test_headless_and_distilbert_stacks(tmp_path):
     assert find_layer_stacks(["transformer.layer.2.x", "transformer.layer.0.x"]) == {
         "transformer.layer": [0, 2]
     }
+    assert find_layer_stacks(
+        ["model.layers.1.mlp.up_proj.weight", "model.layers.0.x", "lm_head.weight"]
+    ) == {"model.layers": [0, 1]}
     with pytest.raises(SelectionError, match="no encoder layer stack found"):
         from ckptsurgeon.selection import top_layer_patterns
 
