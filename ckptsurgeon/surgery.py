@@ -7,8 +7,10 @@ the writer verifies and publishes.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -318,6 +320,9 @@ def execute(
 ) -> WriteResult:
     """Carry out a plan: stream kept bytes, generate re-initialised ones, write, verify."""
     written = plan.written()
+    if any(t.action == "reinit" for t in written):
+        # numpy takes ~0.1 s to import; do it while the kernel copies the kept tensors
+        threading.Thread(target=importlib.import_module, args=("numpy",), daemon=True).start()
     by_name = {t.name: t for t in ckpt.tensors}
     actions = {t.name: t for t in written}
     out = [OutTensor(t.name, t.dtype, t.shape, t.nbytes) for t in written]
