@@ -137,7 +137,7 @@ class TensorReader:
     def close(self) -> None:
         pass
 
-    def chunks(self, info: TensorInfo, chunk_bytes: int = 8 << 20) -> Iterator[memoryview]:
+    def chunks(self, info: TensorInfo, chunk_bytes: int = 8 << 20) -> Iterator[bytes | memoryview]:
         raise NotImplementedError
 
     def read(self, info: TensorInfo) -> bytes:
@@ -196,7 +196,7 @@ class SafetensorsReader(TensorReader):
             os.close(fd)
         self._fds.clear()
 
-    def chunks(self, info: TensorInfo, chunk_bytes: int = 8 << 20) -> Iterator[memoryview]:
+    def chunks(self, info: TensorInfo, chunk_bytes: int = 8 << 20) -> Iterator[bytes | memoryview]:
         assert info.offset is not None
         fd = self._fd(info.file)
         pos, end = info.offset, info.offset + info.nbytes
@@ -212,7 +212,7 @@ class SafetensorsReader(TensorReader):
                     "the file was truncated; re-download or re-export it",
                 )
             pos += len(data)
-            yield memoryview(data)
+            yield data  # bytes: compares with memcmp, decodes with np.frombuffer
 
     def copy_to(self, info: TensorInfo, fd: int) -> None:
         """Copy bytes file-to-file in the kernel (``copy_file_range``), no user-space buffer."""

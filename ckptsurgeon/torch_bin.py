@@ -186,7 +186,7 @@ class BinReader(TensorReader):
         self._state = {}
         self._file = None
 
-    def chunks(self, info: TensorInfo, chunk_bytes: int = 8 << 20) -> Iterator[memoryview]:
+    def chunks(self, info: TensorInfo, chunk_bytes: int = 8 << 20) -> Iterator[bytes | memoryview]:
         data = tensor_bytes(self._get(info))
         if data.nbytes != info.nbytes:
             raise CorruptCheckpointError(

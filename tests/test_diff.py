@@ -230,3 +230,27 @@ def test_names_only_reads_headers_alone(model_store):
         "assert 'numpy' not in sys.modules and 'torch' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_multi_chunk_metrics_with_identical_leading_chunks(tmp_path):
+    """Chunks that agree byte for byte still count in the norms and the mean."""
+    from ckptsurgeon.diff import CHUNK_ELEMS
+
+    rng = np.random.default_rng(1)
+    n = CHUNK_ELEMS * 2 + 1000
+    a = rng.standard_normal(n).astype(np.float32)
+    b = a.copy()
+    b[CHUNK_ELEMS * 2 + 10 :] += np.float32(0.5)  # only the last chunk differs
+    b[CHUNK_ELEMS + 5] = np.nan  # a NaN on one side in the middle chunk
+    pa = save(tmp_path / "a.safetensors", {"w": a})
+    pb = save(tmp_path / "b.safetensors", {"w": b})
+    t = diff(pa, pb).tensors[0]
+    fa, fb = a.astype(np.float64), b.astype(np.float64)
+    ok = np.isfinite(fb)
+    d = fa[ok] - fb[ok]
+    assert t.status == "changed" and t.nonfinite_mismatch == 1
+    assert t.max_abs == pytest.approx(np.abs(d).max())
+    assert t.mean_abs == pytest.approx(np.abs(d).mean())
+    assert t.rel_l2 == pytest.approx(np.linalg.norm(d) / np.linalg.norm(fa[ok]), rel=1e-9)
+    cos = fa[ok] @ fb[ok] / (np.linalg.norm(fa[ok]) * np.linalg.norm(fb[ok]))
+    assert t.cosine == pytest.approx(cos, rel=1e-12)

@@ -305,3 +305,53 @@ def test_normal_shape_of_distribution():
         assert (t.abs() < k).double().mean().item() == pytest.approx(p, abs=0.0015)
     assert ((t - t.mean()) ** 3).mean().item() == pytest.approx(0.0, abs=0.01)  # skewness
     assert ((t - t.mean()) ** 4).mean().item() == pytest.approx(3.0, abs=0.03)  # kurtosis
+
+
+@pytest.mark.slow
+def test_one_gb_embedding_is_generated_in_bounded_memory(tmp_path):
+    """Peak memory is a few chunks, not the tensor: a 1 GiB embedding re-initialised in < 200 MiB."""
+    import subprocess
+    import sys
+
+    from ckptsurgeon.safetensors_format import build_header
+
+    src = tmp_path / "emb.safetensors"
+    rows, cols = 262_144, 1024
+    header, _ = build_header(
+        [("bert.embeddings.word_embeddings.weight", "F32", (rows, cols), rows * cols * 4)],
+        {"format": "pt"},
+    )
+    with open(src, "wb") as fh:
+        fh.write(header)
+        fh.truncate(len(header) + rows * cols * 4)  # sparse zeros
+    code = (
+        "import resource, subprocess, sys\n"
+        "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)\n"
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            sys.executable,
+            "-m",
+            "ckptsurgeon",
+            "reinit",
+            str(src),
+            str(tmp_path / "o.safetensors"),
+            "-p",
+            "*",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert float(out.stdout) < 200, out.stdout
+    from ckptsurgeon import open_checkpoint
+
+    ckpt = open_checkpoint(tmp_path / "o.safetensors")
+    with ckpt.reader() as r:
+        first = next(r.chunks(ckpt.tensors[0], 4 * cols * 2))
+    row0 = torch.frombuffer(bytearray(first), dtype=torch.float32)
+    assert torch.all(row0[:cols] == 0) and torch.all(row0[cols:] != 0)  # padding row 0 zeroed
