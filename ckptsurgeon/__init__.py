@@ -13,6 +13,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .checkpoint import Checkpoint, TensorInfo, open_checkpoint
+from .diff import DiffResult, diff
 from .errors import (
     CheckpointNotFoundError,
     CkptSurgeonError,
@@ -36,6 +37,7 @@ __all__ = [
     "CkptSurgeonError",
     "CorruptCheckpointError",
     "DestinationError",
+    "DiffResult",
     "InitRuleError",
     "Inspection",
     "PatternError",
@@ -49,6 +51,7 @@ __all__ = [
     "WriteError",
     "__version__",
     "convert",
+    "diff",
     "drop",
     "inspect",
     "open_checkpoint",
