@@ -9,12 +9,13 @@ aliases of the canonical name that transformers keeps.
 from __future__ import annotations
 
 import pickle
+import struct
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .checkpoint import Checkpoint, TensorInfo, TensorReader, read_error
+from .checkpoint import Checkpoint, SafetensorsReader, TensorInfo, read_error, write_all
 from .dtypes import TORCH_TO_ST
 from .errors import CorruptCheckpointError, UnsafePickleError, UnsupportedFormatError
 from .ties import canonical_of
@@ -146,13 +147,57 @@ def st_dtype(t: torch.Tensor, name: str, path: Path) -> str:
 
 def list_torch_file(path: Path) -> tuple[list[TensorInfo], dict[str, str], list[str]]:
     state, notes = load_state_dict(path)
+    offsets = zip_offsets(path, state)
     infos = []
     for name, t in state.items():
         dtype = st_dtype(t, name, path)
-        infos.append(
-            TensorInfo(name, dtype, tuple(t.shape), t.numel() * t.element_size(), str(path), None)
-        )
+        nbytes = t.numel() * t.element_size()
+        infos.append(TensorInfo(name, dtype, tuple(t.shape), nbytes, str(path), offsets.get(name)))
     return infos, _tied_groups(state), notes
+
+
+def zip_offsets(path: Path, state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """File offsets of the bytes of contiguous tensors in a memory-mapped zip checkpoint.
+
+    torch stores every storage as an uncompressed zip entry ``<archive>/data/<key>`` and, with
+    ``mmap=True``, maps the whole file, so a storage's address minus the mapping's base is its
+    entry's data offset. The base is unknown; it is derived from the lowest storage and then
+    every storage is checked against the zip directory (offset and size). If anything fails to
+    match, no offsets are returned and tensors are read through torch instead. With offsets,
+    kept tensors are copied file to file in the kernel and never paged into this process.
+    """
+    if not zipfile.is_zipfile(path):
+        return {}
+    try:
+        entries: dict[int, int] = {}  # data offset -> size
+        with zipfile.ZipFile(path) as zf, open(path, "rb") as fh:
+            for zi in zf.infolist():
+                if "/data/" not in zi.filename or zi.compress_type != zipfile.ZIP_STORED:
+                    continue
+                fh.seek(zi.header_offset)
+                local = fh.read(30)
+                if len(local) != 30 or local[:4] != b"PK\x03\x04":
+                    return {}
+                name_len, extra_len = struct.unpack("<HH", local[26:30])
+                entries[zi.header_offset + 30 + name_len + extra_len] = zi.file_size
+        storages = {}
+        for t in state.values():
+            if t.numel():
+                s = t.untyped_storage()
+                storages[s.data_ptr()] = s.nbytes()
+        if not storages or not entries:
+            return {}
+        base = min(storages) - min(entries)
+        for ptr, size in storages.items():
+            if entries.get(ptr - base, -1) < size:
+                return {}
+        return {
+            name: int(t.untyped_storage().data_ptr() - base + t.storage_offset() * t.element_size())
+            for name, t in state.items()
+            if t.numel() and t.is_contiguous()
+        }
+    except (OSError, ValueError, zipfile.BadZipFile, struct.error):
+        return {}
 
 
 def tensor_bytes(t: torch.Tensor) -> memoryview:
@@ -165,8 +210,9 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     return flat.view(torch.uint8).numpy().data.cast("B")
 
 
-class BinReader(TensorReader):
-    """Reads tensors from torch files, keeping at most one file loaded at a time."""
+class BinReader(SafetensorsReader):
+    """Reads tensors from torch files: straight from the file where their offsets are known
+    (zip format, see :func:`zip_offsets`), else through torch, one file loaded at a time."""
 
     def __init__(self, ckpt: Checkpoint) -> None:
         super().__init__(ckpt)
@@ -185,8 +231,19 @@ class BinReader(TensorReader):
     def close(self) -> None:
         self._state = {}
         self._file = None
+        super().close()
+
+    def copy_to(self, info: TensorInfo, fd: int) -> None:
+        if info.offset is not None:
+            return super().copy_to(info, fd)
+        for chunk in self.chunks(info):
+            write_all(fd, chunk)
+        return None
 
     def chunks(self, info: TensorInfo, chunk_bytes: int = 8 << 20) -> Iterator[bytes | memoryview]:
+        if info.offset is not None:
+            yield from super().chunks(info, chunk_bytes)
+            return
         data = tensor_bytes(self._get(info))
         if data.nbytes != info.nbytes:
             raise CorruptCheckpointError(

@@ -281,3 +281,69 @@ def test_directory_prefers_safetensors(tmp_path, model_store):
     shutil.copy(model_store("bert", "safetensors") / "model.safetensors", d)
     ckpt = open_checkpoint(d)
     assert ckpt.format == "safetensors" and ckpt.files == [d / "model.safetensors"]
+
+
+def test_zip_bin_tensors_are_read_from_the_file(model_store):
+    """Zip .bin tensors get file offsets (copied in the kernel); legacy ones go through torch."""
+    from conftest import reference_state
+
+    for layout, has_offsets in (("bin", True), ("bin-sharded", True), ("bin-legacy", False)):
+        ckpt = open_checkpoint(model_store("bert", layout))
+        assert all((t.offset is not None) == has_offsets for t in ckpt.tensors), layout
+        source = reference_state(model_store("bert", layout))
+        with ckpt.reader() as r:
+            for t in ckpt.tensors:
+                assert (
+                    r.read(t)
+                    == source[t.name].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+                )
+
+
+def test_non_contiguous_tensor_in_bin_is_read_through_torch(tmp_path):
+    w = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    p = tmp_path / "nc.bin"
+    torch.save({"t": w.t(), "w": w}, p)
+    ckpt = open_checkpoint(p)
+    by = {t.name: t for t in ckpt.tensors}
+    assert by["t"].offset is None and by["w"].offset is not None
+    with ckpt.reader() as r:
+        assert r.read(by["t"]) == w.t().contiguous().numpy().tobytes()
+        assert r.read(by["w"]) == w.numpy().tobytes()
+
+
+@pytest.mark.slow
+def test_bin_conversion_does_not_page_in_the_checkpoint(tmp_path):
+    """A 400 MB .bin converts with little more than torch's own footprint."""
+    big = tmp_path / "big"
+    big.mkdir()
+    torch.save(
+        {f"layer.{i}.weight": torch.ones(2500, 10000) for i in range(4)}, big / "pytorch_model.bin"
+    )
+    code = (
+        "import resource, subprocess, sys\n"
+        "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)\n"
+    )
+    base = subprocess.run(
+        [sys.executable, "-c", code, sys.executable, "-c", "import torch, numpy"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            sys.executable,
+            "-m",
+            "ckptsurgeon",
+            "convert",
+            str(big),
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert float(out.stdout) < float(base.stdout) + 120, (out.stdout, base.stdout)

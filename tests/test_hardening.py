@@ -255,18 +255,23 @@ def test_disk_full_real_tmpfs(model_store, tmp_path):
     assert tree_hash(src) == before
 
 
-def test_disk_full_injected(model_store, tmp_path, monkeypatch):
-    src = model_store("bert", "bin")
-    real_write = os.write
-    written = {"n": 0}
+@pytest.mark.parametrize("layout", ["bin", "bin-legacy", "safetensors"])
+def test_disk_full_injected(model_store, tmp_path, monkeypatch, layout):
+    src = model_store("bert", layout)
+    real_write, real_copy = os.write, os.copy_file_range
+    calls = {"n": 0}
 
-    def full_write(fd, data):
-        written["n"] += 1
-        if written["n"] > 5:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(fd, data)
+    def full(real):
+        def call(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] > 5:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(os, "write", full_write)
+        return call
+
+    monkeypatch.setattr(os, "write", full(real_write))
+    monkeypatch.setattr(os, "copy_file_range", full(real_copy))
     code, _, err, _ = cli("convert", src, tmp_path / "out")
     assert_clean_error(
         code,
