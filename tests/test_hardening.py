@@ -288,6 +288,22 @@ def test_read_only_destination(model_store, tmp_path):
         assert_clean_error(code, err, "cannot write to the destination's directory", str(ro))
 
 
+def test_unwritable_destination_directory_injected(model_store, tmp_path, monkeypatch):
+    """Where no read-only mount can be made (and root ignores file modes), refuse via access()."""
+    src = model_store("bert")
+    real_access = os.access
+    target = tmp_path / "locked"
+    target.mkdir()
+    monkeypatch.setattr(
+        os, "access", lambda p, mode, **k: False if Path(p) == target else real_access(p, mode, **k)
+    )
+    code, _, err, _ = cli("convert", src, target / "out")
+    assert_clean_error(
+        code, err, f"cannot write to the destination's directory (permission denied) ({target})"
+    )
+    assert list(target.iterdir()) == []
+
+
 def test_permission_denied_on_source(model_store, monkeypatch, tmp_path):
     src = model_store("bert")
     import builtins
