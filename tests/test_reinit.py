@@ -355,3 +355,24 @@ def test_one_gb_embedding_is_generated_in_bounded_memory(tmp_path):
         first = next(r.chunks(ckpt.tensors[0], 4 * cols * 2))
     row0 = torch.frombuffer(bytearray(first), dtype=torch.float32)
     assert torch.all(row0[:cols] == 0) and torch.all(row0[cols:] != 0)  # padding row 0 zeroed
+
+
+def test_whole_output_identical_across_thread_counts(tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    src = tmp_path / "src.safetensors"
+    save_file(
+        {
+            "encoder.layer.0.dense.weight": np.zeros((3000, 1000), np.float32),
+            "encoder.layer.0.dense.bias": np.ones(3000, np.float32),
+        },
+        str(src),
+        metadata={"format": "pt"},
+    )
+    outs = []
+    for threads in (1, 2, 4):
+        dest = tmp_path / f"t{threads}.safetensors"
+        reinit(src, dest, ["*"], threads=threads)
+        outs.append(dest.read_bytes())
+    assert outs[0] == outs[1] == outs[2]
