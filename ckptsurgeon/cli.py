@@ -508,6 +508,11 @@ def _report(result: Any, as_json: bool, *, dry_run: bool) -> None:
         click.echo(f"dry run: {summary}; nothing written")
         return
     w = result.written
+    if not str(w.destination).endswith(".safetensors") and "config.json" not in w.copied:
+        warn(
+            f"no config.json was copied into {w.destination} (SRC has none beside its weights); "
+            "add one before from_pretrained, which otherwise falls back to default sizes"
+        )
     click.echo(f"{summary}")
     click.echo(f"wrote {w.destination} ({', '.join(w.files)}; {format_size(w.total_bytes)})")
     if w.copied:

@@ -17,7 +17,7 @@ from typing import Any
 
 from . import __version__
 from .checkpoint import Checkpoint, TensorInfo, open_checkpoint, write_all
-from .errors import InitRuleError, SelectionError
+from .errors import SelectionError
 from .init_rules import Rule, Skip, generate, rule_for, std_from
 from .selection import resolve_selection
 from .ties import name_ties
@@ -272,8 +272,6 @@ def plan_reinit(
             skipped.append(Skipped(t.name, str(why)))
             plans.append(_keep(t))
             continue
-        except InitRuleError:
-            raise
         rules[t.name] = rule
         plans.append(
             TensorPlan(

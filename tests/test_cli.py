@@ -203,3 +203,12 @@ def test_module_entry_point_and_version():
 def test_help_does_not_import_torch():
     code = "import sys\nfrom ckptsurgeon.cli import main\nassert 'torch' not in sys.modules\n"
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
+
+
+def test_warns_when_no_config_is_copied(tmp_path, model_store):
+    src = model_store("bert") / "model.safetensors"
+    code, _, err = run("convert", src, tmp_path / "o")
+    assert code == 0
+    assert err.startswith(f"Warning: no config.json was copied into {tmp_path / 'o'}")
+    code, _, err = run("convert", model_store("bert"), tmp_path / "p")
+    assert code == 0 and "config.json" not in err
