@@ -197,3 +197,21 @@ def assert_bitwise_equal(a: Any, b: Any, name: str = "") -> None:
     assert torch.equal(
         a.reshape(-1).contiguous().view(torch.uint8), b.reshape(-1).contiguous().view(torch.uint8)
     ), name
+
+
+def peak_rss_mib(argv: list[str]) -> tuple[int, float]:
+    """Run a command; return its exit code and peak RSS in MiB (measured by a small wrapper
+    process, so this test process's own size does not count)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, subprocess, sys\n"
+        "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode\n"
+        "print(rc, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True, check=True
+    )
+    rc, rss = out.stdout.split()
+    return int(rc), float(rss)

@@ -319,31 +319,9 @@ def test_bin_conversion_does_not_page_in_the_checkpoint(tmp_path):
     torch.save(
         {f"layer.{i}.weight": torch.ones(2500, 10000) for i in range(4)}, big / "pytorch_model.bin"
     )
-    code = (
-        "import resource, subprocess, sys\n"
-        "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)\n"
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)\n"
-    )
-    base = subprocess.run(
-        [sys.executable, "-c", code, sys.executable, "-c", "import torch, numpy"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            code,
-            sys.executable,
-            "-m",
-            "ckptsurgeon",
-            "convert",
-            str(big),
-            str(tmp_path / "o"),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert float(out.stdout) < float(base.stdout) + 120, (out.stdout, base.stdout)
+    from conftest import peak_rss_mib
+
+    _, base = peak_rss_mib([sys.executable, "-c", "import torch, numpy"])
+    rc, rss = peak_rss_mib([sys.executable, "-m", "ckptsurgeon", "convert", big, tmp_path / "o"])
+    assert rc == 0
+    assert rss < base + 120, (rss, base)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import peak_rss_mib
 from test_format_and_reader import BAD_HEADERS, write_raw
 
 from ckptsurgeon import CorruptCheckpointError, convert, drop, open_checkpoint, reinit
@@ -401,19 +402,6 @@ def test_every_dtype_unicode_long_empty_scalar_pass_through(tmp_path):
     assert_clean_error(code, err, "no re-initialisation rule for dtype F8_E4M3 (t.f8_e4m3.weight)")
 
 
-def _peak_rss_mib(args: list[str]) -> tuple[int, float]:
-    code = (
-        "import resource, subprocess, sys\n"
-        "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode\n"
-        "print(rc, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=True
-    )
-    rc, rss = out.stdout.split()
-    return int(rc), float(rss)
-
-
 @pytest.mark.slow
 def test_100k_tensors_and_a_4gb_tensor_in_bounded_memory(tmp_path):
     many = tmp_path / "many.safetensors"
@@ -435,7 +423,7 @@ def test_100k_tensors_and_a_4gb_tensor_in_bounded_memory(tmp_path):
             ["drop", src, tmp_path / f"d-{src.stem}.safetensors", "-p", one],
             ["diff", "--names-only", src, tmp_path / f"d-{src.stem}.safetensors"],
         ):
-            rc, rss = _peak_rss_mib([*exe, *map(str, args)])
+            rc, rss = peak_rss_mib([*exe, *map(str, args)])
             assert rc in (0, 1), args
             assert rss < 400, (args, rss)
     assert open_checkpoint(tmp_path / "d-big.safetensors").names == ["huge.weight"]
