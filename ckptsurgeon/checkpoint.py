@@ -12,8 +12,8 @@ import errno
 import json
 import os
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -22,6 +22,7 @@ from .errors import (
     CheckpointNotFoundError,
     CkptSurgeonError,
     CorruptCheckpointError,
+    SelectionError,
     SourceReadError,
     UnsupportedFormatError,
 )
@@ -54,7 +55,13 @@ class TensorInfo:
     shape: tuple[int, ...]
     nbytes: int
     file: str
-    offset: int | None = None  # absolute file offset of the bytes (safetensors only)
+    offset: int | None = None  # absolute file offset of the bytes, where known
+    stored_name: str | None = None  # the name in the file, when renamed (--strip-prefix)
+
+    @property
+    def key(self) -> str:
+        """The name under which the file stores this tensor."""
+        return self.stored_name or self.name
 
     @property
     def params(self) -> int:
@@ -242,6 +249,44 @@ class SafetensorsReader(TensorReader):
             pos += n
             remaining -= n
         return None
+
+
+def strip_prefixes(ckpt: Checkpoint, prefixes: Sequence[str]) -> Checkpoint:
+    """A view of ``ckpt`` with the first matching prefix removed from every name.
+
+    For checkpoints saved from wrapped models: ``module.`` (DistributedDataParallel) or
+    ``_orig_mod.`` (torch.compile), which transformers does not strip. Two names that become
+    one are an error.
+    """
+    if not prefixes:
+        return ckpt
+
+    def strip(name: str) -> str:
+        for prefix in prefixes:
+            if prefix and name.startswith(prefix) and len(name) > len(prefix):
+                return name[len(prefix) :]
+        return name
+
+    seen: dict[str, str] = {}
+    tensors = []
+    for t in ckpt.tensors:
+        new = strip(t.name)
+        if new in seen:
+            raise SelectionError(
+                f"--strip-prefix makes {seen[new]!r} and {t.name!r} the same name {new!r}",
+                str(ckpt.path),
+                "strip a different prefix, or drop one of the two first",
+            )
+        seen[new] = t.name
+        tensors.append(replace(t, name=new, stored_name=t.key) if new != t.name else t)
+    if all(t.stored_name is None for t in tensors) and not any(strip(n) != n for n in ckpt.aliases):
+        raise SelectionError(
+            "no tensor name starts with " + " or ".join(repr(p) for p in prefixes),
+            str(ckpt.path),
+            f"names start like {ckpt.tensors[0].name!r}" if ckpt.tensors else "check the prefix",
+        )
+    aliases = {strip(a): strip(c) for a, c in ckpt.aliases.items()}
+    return replace(ckpt, tensors=tensors, aliases=aliases)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -150,6 +150,13 @@ def _exclude_option(f: Any) -> Any:
 
 def _write_options(f: Any) -> Any:
     f = click.option(
+        "--strip-prefix",
+        multiple=True,
+        metavar="P",
+        help="Remove prefix P (e.g. 'module.' of DDP, '_orig_mod.' of torch.compile) from "
+        "names before selecting and writing; repeatable.",
+    )(f)
+    f = click.option(
         "--overwrite", is_flag=True, help="Replace DEST if it exists (never SRC itself)."
     )(f)
     f = click.option(
@@ -237,7 +244,14 @@ def inspect_cmd(src: str, patterns: tuple[str, ...], as_json: bool, stats: bool)
 @click.argument("dest", type=click.Path())
 @_write_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def convert_cmd(src: str, dest: str, max_shard_size: int, overwrite: bool, as_json: bool) -> None:
+def convert_cmd(
+    src: str,
+    dest: str,
+    max_shard_size: int,
+    overwrite: bool,
+    strip_prefix: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """Rewrite SRC as safetensors at DEST with every value unchanged.
 
     DEST ending in .safetensors is written as that single file; otherwise DEST is a model
@@ -245,7 +259,9 @@ def convert_cmd(src: str, dest: str, max_shard_size: int, overwrite: bool, as_js
     """
     from .surgery import convert
 
-    result = convert(src, dest, max_shard_size=max_shard_size, overwrite=overwrite)
+    result = convert(
+        src, dest, max_shard_size=max_shard_size, overwrite=overwrite, strip_prefix=strip_prefix
+    )
     _report(result, as_json, dry_run=False)
 
 
@@ -288,6 +304,7 @@ def reinit_cmd(
     dry_run: bool,
     max_shard_size: int,
     overwrite: bool,
+    strip_prefix: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Re-initialise selected tensors of SRC with BERT's rules; write DEST.
@@ -310,6 +327,7 @@ def reinit_cmd(
         dry_run=dry_run,
         max_shard_size=max_shard_size,
         overwrite=overwrite,
+        strip_prefix=strip_prefix,
     )
     _report(result, as_json, dry_run=dry_run)
 
@@ -330,6 +348,7 @@ def drop_cmd(
     dry_run: bool,
     max_shard_size: int,
     overwrite: bool,
+    strip_prefix: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Write SRC without the selected tensors, so from_pretrained initialises them itself."""
@@ -343,6 +362,7 @@ def drop_cmd(
         dry_run=dry_run,
         max_shard_size=max_shard_size,
         overwrite=overwrite,
+        strip_prefix=strip_prefix,
     )
     _report(result, as_json, dry_run=dry_run)
 

@@ -12,11 +12,11 @@ import json
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import __version__
-from .checkpoint import Checkpoint, TensorInfo, open_checkpoint, write_all
+from .checkpoint import Checkpoint, TensorInfo, open_checkpoint, strip_prefixes, write_all
 from .errors import SelectionError
 from .init_rules import Rule, Skip, generate, rule_for, std_from
 from .selection import resolve_selection
@@ -353,19 +353,33 @@ def execute(
 # The public verbs
 
 
+def _open(src: str | os.PathLike[str], strip_prefix: Sequence[str]) -> Checkpoint:
+    return strip_prefixes(open_checkpoint(src), strip_prefix)
+
+
+def _with_strip(plan: Plan, strip_prefix: Sequence[str]) -> Plan:
+    """Record ``--strip-prefix`` in the plan's arguments (and so in the output metadata)."""
+    if not strip_prefix:
+        return plan
+    return replace(plan, arguments={**plan.arguments, "strip_prefix": list(strip_prefix)})
+
+
 def convert(
     src: str | os.PathLike[str],
     dest: str | os.PathLike[str],
     *,
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
     overwrite: bool = False,
+    strip_prefix: Sequence[str] = (),
 ) -> Result:
     """Rewrite any readable checkpoint as safetensors with every value unchanged.
 
+    ``strip_prefix`` removes wrapper prefixes such as ``module.`` from the names.
+
     >>> convert("bert-bin/", "bert-safetensors/")  # doctest: +SKIP
     """
-    ckpt = open_checkpoint(src)
-    plan = plan_convert(ckpt, str(dest))
+    ckpt = _open(src, strip_prefix)
+    plan = _with_strip(plan_convert(ckpt, str(dest)), strip_prefix)
     return Result(
         plan, execute(plan, ckpt, dest, max_shard_size=max_shard_size, overwrite=overwrite)
     )
@@ -380,13 +394,14 @@ def drop(
     dry_run: bool = False,
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
     overwrite: bool = False,
+    strip_prefix: Sequence[str] = (),
 ) -> Result:
-    """Write the checkpoint without the selected tensors.
+    """Write the checkpoint without the selected tensors (patterns match stripped names).
 
     >>> drop("bert-mlm/", "bert-headless/", ["cls.*"])  # doctest: +SKIP
     """
-    ckpt = open_checkpoint(src)
-    plan = plan_drop(ckpt, patterns, exclude, destination=str(dest))
+    ckpt = _open(src, strip_prefix)
+    plan = _with_strip(plan_drop(ckpt, patterns, exclude, destination=str(dest)), strip_prefix)
     if dry_run:
         return Result(plan, None)
     return Result(
@@ -408,12 +423,15 @@ def reinit(
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
     overwrite: bool = False,
     threads: int | None = None,
+    strip_prefix: Sequence[str] = (),
 ) -> Result:
     """Re-initialise the selected tensors with BERT's rules and write a new checkpoint.
 
+    Values depend on (seed, output tensor name) only.
+
     >>> reinit("bert/", "bert-top3/", top_layers=3, pooler=True, seed=0)  # doctest: +SKIP
     """
-    ckpt = open_checkpoint(src)
+    ckpt = _open(src, strip_prefix)
     plan = plan_reinit(
         ckpt,
         patterns,
@@ -424,6 +442,7 @@ def reinit(
         std=std,
         destination=str(dest),
     )
+    plan = _with_strip(plan, strip_prefix)
     if dry_run:
         return Result(plan, None)
     return Result(

@@ -226,7 +226,7 @@ class BinReader(SafetensorsReader):
             self.ckpt.check_unchanged()
             self._state, _ = load_state_dict(Path(info.file))
             self._file = info.file
-        return self._state[info.name]
+        return self._state[info.key]
 
     def close(self) -> None:
         self._state = {}
