@@ -434,3 +434,35 @@ def test_100k_tensors_and_a_4gb_tensor_in_bounded_memory(tmp_path):
         ]
         == "drop"
     )
+
+
+def test_fuzz_mutated_index_files(src_copy, tmp_path):
+    src = src_copy("bert", "safetensors-sharded")
+    index = src / "model.safetensors.index.json"
+    original = index.read_text()
+    rng = random.Random("index")
+    alphabet = '{}[]",:./\\0123456789abcdefmodel-safetensors '
+    errors = 0
+    for i in range(120):
+        text = list(original)
+        for _ in range(rng.randrange(1, 4)):
+            pos = rng.randrange(len(text))
+            op = rng.choice(["replace", "delete", "insert", "truncate"])
+            if op == "replace":
+                text[pos] = rng.choice(alphabet)
+            elif op == "delete":
+                del text[pos]
+            elif op == "insert":
+                text.insert(pos, rng.choice(alphabet))
+            else:
+                text = text[:pos]
+        index.write_text("".join(text))
+        for cmd in (["inspect", src, "--json"], ["convert", src, tmp_path / f"o{i}"]):
+            code, _, err, exc = cli(*cmd)
+            assert exc is None or isinstance(exc, SystemExit), (i, repr(exc))
+            if code != 0:
+                assert_clean_error(code, err)
+                errors += 1
+        assert not [p for p in tmp_path.iterdir() if "ckptsurgeon" in p.name]
+    index.write_text(original)
+    assert errors > 0
