@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from .checkpoint import Checkpoint, TensorInfo, TensorReader, open_checkpoint
 from .dtypes import has_numeric_view, to_float
 from .patterns import expand_braces
+from .pipeline import background
 from .ties import name_ties
 
 STATUSES = (
@@ -225,50 +226,6 @@ def _chunk_bytes(t: TensorInfo) -> int:
     return CHUNK_ELEMS * max(t.nbytes // max(t.params, 1), 1)
 
 
-def _background(chunks: Iterator[Any], depth: int = 2) -> Generator[Any, None, None]:
-    """Run a chunk iterator in a thread, ``depth`` chunks ahead, so reading (pread releases
-    the GIL) overlaps comparing. Closing this generator stops the thread."""
-    import queue
-    import threading
-
-    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def pump() -> None:
-        try:
-            for item in chunks:
-                while not stop.is_set():
-                    try:
-                        q.put(("item", item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(("done", done))
-        except BaseException as exc:  # forwarded to the consumer
-            q.put(("error", exc))
-
-    thread = threading.Thread(target=pump, daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, value = q.get()
-            if kind == "item":
-                yield value
-            elif kind == "error":
-                raise value
-            else:
-                return
-    finally:
-        stop.set()
-        close = getattr(chunks, "close", None)
-        thread.join(timeout=5)
-        if close is not None and not thread.is_alive():
-            close()
-
-
 def _same_bytes(x: bytes | memoryview, y: bytes | memoryview) -> bool:
     """memcmp-speed equality: bytes compare directly; memoryview == memoryview would unpack
     element by element (~1 GB/s)."""
@@ -297,8 +254,8 @@ def compare_tensor(
         and has_numeric_view(tb.dtype)
         and "C64" not in (ta.dtype, tb.dtype)
     )
-    gen_a = _background(ra.chunks(ta, _chunk_bytes(ta)))
-    gen_b = _background(rb.chunks(tb, _chunk_bytes(tb)))
+    gen_a = background(ra.chunks(ta, _chunk_bytes(ta)))
+    gen_b = background(rb.chunks(tb, _chunk_bytes(tb)))
     try:
         pairs = zip(gen_a, gen_b, strict=True)
         equal_prefix = 0

@@ -11,7 +11,7 @@ import importlib
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -19,9 +19,16 @@ from . import __version__
 from .checkpoint import Checkpoint, TensorInfo, open_checkpoint, strip_prefixes, write_all
 from .errors import SelectionError
 from .init_rules import Rule, Skip, generate, rule_for, std_from
+from .pipeline import background
 from .selection import resolve_selection
 from .ties import name_ties
-from .writer import DEFAULT_MAX_SHARD_SIZE, OutTensor, WriteResult, write_checkpoint
+from .writer import (
+    DEFAULT_MAX_SHARD_SIZE,
+    OutTensor,
+    WriteResult,
+    emission_order,
+    write_checkpoint,
+)
 
 
 @dataclass(frozen=True)
@@ -326,27 +333,51 @@ def execute(
     out = [OutTensor(t.name, t.dtype, t.shape, t.nbytes) for t in written]
     seed = plan.seed or 0
 
+    # Re-initialised bytes are drawn by a thread, in the order the writer will ask for them and
+    # a bounded number of chunks ahead, so random numbers are made while the kernel copies the
+    # kept tensors. The values do not depend on this: each chunk has its own stream.
+    single_file = str(destination).endswith(".safetensors")
+    order = emission_order(out, single_file, max_shard_size)
+    todo = [t for t in order if actions[t.name].action == "reinit"]
+
+    def drawn() -> Iterator[tuple[str, bytes | memoryview]]:
+        for t in todo:
+            step = actions[t.name]
+            stream = step.values_from or t.name
+            for chunk in generate(stream, t.dtype, t.shape, plan._rules[t.name], seed, threads):
+                yield t.name, chunk
+
+    ahead: Iterator[tuple[str, bytes | memoryview]] = (
+        background(drawn(), depth=16) if todo else iter(())
+    )
     with ckpt.reader() as reader:
 
         def emit(t: OutTensor, fd: int) -> None:
-            step = actions[t.name]
-            if step.action == "keep":
+            if actions[t.name].action == "keep":
                 reader.copy_to(by_name[t.name], fd)
                 return
-            rule = plan._rules[t.name]
-            stream_name = step.values_from or t.name
-            for chunk in generate(stream_name, t.dtype, t.shape, rule, seed, threads):
+            remaining = t.nbytes
+            while remaining:
+                name, chunk = next(ahead)
+                if name != t.name:  # pragma: no cover - emission_order and the writer disagree
+                    raise RuntimeError(f"writer asked for {t.name!r}, drew {name!r}")
                 write_all(fd, chunk)
+                remaining -= len(chunk) if isinstance(chunk, bytes) else chunk.nbytes
 
-        return write_checkpoint(
-            ckpt,
-            destination,
-            out,
-            emit,
-            plan.metadata(),
-            max_shard_size=max_shard_size,
-            overwrite=overwrite,
-        )
+        try:
+            return write_checkpoint(
+                ckpt,
+                destination,
+                out,
+                emit,
+                plan.metadata(),
+                max_shard_size=max_shard_size,
+                overwrite=overwrite,
+            )
+        finally:
+            close = getattr(ahead, "close", None)
+            if close is not None:
+                close()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -124,3 +124,24 @@ def test_shard_names_and_alignment():
     for t in ordered:
         assert offset % DTYPES[t.dtype].itemsize == 0
         offset += t.nbytes
+
+
+@pytest.mark.parametrize(("single", "limit"), [(True, 10**9), (False, 10**9), (False, 20)])
+def test_emission_order_is_the_writers_order(tmp_path, single, limit):
+    from ckptsurgeon.checkpoint import Checkpoint, write_all
+    from ckptsurgeon.writer import emission_order, write_checkpoint
+
+    tensors = [
+        OutTensor(f"t{i}", dtype, (2,), 2 * DTYPES[dtype].itemsize)
+        for i, dtype in enumerate(["I8", "F32", "BF16", "F64", "F32", "U8", "F16"])
+    ]
+    seen: list[str] = []
+
+    def emit(t: OutTensor, fd: int) -> None:
+        seen.append(t.name)
+        write_all(fd, b"\0" * t.nbytes)
+
+    empty = Checkpoint(path=tmp_path, format="safetensors", files=[], tensors=[])
+    dest = tmp_path / ("one.safetensors" if single else "dir")
+    write_checkpoint(empty, dest, tensors, emit, {}, max_shard_size=limit)
+    assert seen == [t.name for t in emission_order(tensors, single, limit)]
