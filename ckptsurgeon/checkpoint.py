@@ -92,12 +92,6 @@ class Checkpoint:
     def sharded(self) -> bool:
         return self.index_file is not None
 
-    def tensor(self, name: str) -> TensorInfo:
-        for info in self.tensors:
-            if info.name == name:
-                return info
-        raise KeyError(name)
-
     @property
     def total_params(self) -> int:
         return sum(t.params for t in self.tensors)
@@ -114,17 +108,21 @@ class Checkpoint:
 
         return BinReader(self)
 
-    def check_unchanged(self) -> None:
-        """Raise if a source file changed (size or mtime) since it was opened."""
-        for fname, stamp in self._stamps.items():
+    def check_unchanged(self, fname: str | None = None, st: os.stat_result | None = None) -> None:
+        """Raise if a source file changed (size or mtime) since it was opened: every file, or
+        just ``fname`` (with its ``st`` when the caller already has it)."""
+        for name in [fname] if fname is not None else list(self._stamps):
+            stamp = self._stamps.get(name)
+            if stamp is None:
+                continue
             try:
-                st = os.stat(fname)
+                now = st if st is not None else os.stat(name)
             except OSError:
-                st = None
-            if st is None or (st.st_size, st.st_mtime_ns) != stamp:
+                now = None
+            if now is None or (now.st_size, now.st_mtime_ns) != stamp:
                 raise CorruptCheckpointError(
                     "source file changed while it was being read",
-                    fname,
+                    name,
                     "wait until whatever writes it has finished, then run again",
                 )
 
@@ -188,14 +186,7 @@ class SafetensorsReader(TensorReader):
             except OSError as exc:
                 raise read_error(exc, fname) from exc
             self._fds[fname] = fd
-            stamp = self.ckpt._stamps.get(fname)
-            st = os.fstat(fd)
-            if stamp is not None and (st.st_size, st.st_mtime_ns) != stamp:
-                raise CorruptCheckpointError(
-                    "source file changed since its header was read",
-                    fname,
-                    "wait until whatever writes it has finished, then run again",
-                )
+            self.ckpt.check_unchanged(fname, os.fstat(fd))
         return fd
 
     def close(self) -> None:

@@ -7,10 +7,8 @@ the writer verifies and publishes.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -325,17 +323,15 @@ def execute(
 ) -> WriteResult:
     """Carry out a plan: stream kept bytes, generate re-initialised ones, write, verify."""
     written = plan.written()
-    if any(t.action == "reinit" for t in written):
-        # numpy takes ~0.1 s to import; do it while the kernel copies the kept tensors
-        threading.Thread(target=importlib.import_module, args=("numpy",), daemon=True).start()
     by_name = {t.name: t for t in ckpt.tensors}
     actions = {t.name: t for t in written}
     out = [OutTensor(t.name, t.dtype, t.shape, t.nbytes) for t in written]
     seed = plan.seed or 0
 
     # Re-initialised bytes are drawn by a thread, in the order the writer will ask for them and
-    # a bounded number of chunks ahead, so random numbers are made while the kernel copies the
-    # kept tensors. The values do not depend on this: each chunk has its own stream.
+    # a bounded number of chunks ahead, so random numbers (and numpy's ~0.1 s import) happen
+    # while the kernel copies the kept tensors. Values do not depend on this: each chunk has
+    # its own stream.
     single_file = str(destination).endswith(".safetensors")
     order = emission_order(out, single_file, max_shard_size)
     todo = [t for t in order if actions[t.name].action == "reinit"]
