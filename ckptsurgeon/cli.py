@@ -89,6 +89,10 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.echo("Error: interrupted; nothing was written", err=True)
             sys.exit(130)
+        except BrokenPipeError:
+            # whoever read stdout went away (`... | head`): not an error of this command
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
         except Exception as exc:  # a bug or an unexpected OS error: still one clean line
             if _debug_enabled(ctx):
                 traceback.print_exc()
@@ -117,7 +121,7 @@ def emit_json(obj: Any) -> None:
 @click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
-    """Offline surgery on transformer checkpoints: inspect, convert, drop, reinit.
+    """Offline surgery on transformer checkpoints: inspect, convert, drop, reinit, diff.
 
     SRC is a model directory (safetensors first, then pytorch_model.bin, sharded or not) or a
     single .safetensors, .index.json, .bin, .pt or .pth file. Patterns are globs over full tensor

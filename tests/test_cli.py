@@ -212,3 +212,19 @@ def test_warns_when_no_config_is_copied(tmp_path, model_store):
     assert err.startswith(f"Warning: no config.json was copied into {tmp_path / 'o'}")
     code, _, err = run("convert", model_store("bert"), tmp_path / "p")
     assert code == 0 and "config.json" not in err
+
+
+def test_closed_stdout_pipe_is_quiet(tmp_path):
+    from ckptsurgeon.safetensors_format import build_header
+
+    src = tmp_path / "many.safetensors"
+    header, _ = build_header([(f"t.{i}.weight", "F32", (1,), 4) for i in range(20_000)], {})
+    src.write_bytes(header + b"\0" * 80_000)  # a table far larger than a pipe's buffer
+    proc = subprocess.run(
+        f"{sys.executable} -m ckptsurgeon inspect {src} | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.stdout == "format:     safetensors\n"
+    assert "Error" not in proc.stderr and "Traceback" not in proc.stderr
