@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from . import __version__
+from .dtypes import numel_of
 from .errors import CkptSurgeonError
 from .sizes import format_size, parse_size
 
@@ -516,7 +517,7 @@ def _report(result: Any, as_json: bool, *, dry_run: bool) -> None:
         click.echo(f"{plan.operation}: " + ", ".join(f"{g} ({n})" for g, n in groups.items()))
     for s in plan.skipped:
         click.echo(f"skipped {s.name}: {s.reason}")
-    params = sum(_numel(t.shape) for t in changed)
+    params = sum(numel_of(t.shape) for t in changed)
     verb = {"reinit": "re-initialised", "drop": "dropped", "convert": "converted"}[plan.operation]
     if plan.operation == "convert":
         summary = f"{len(plan.tensors)} tensors converted"
@@ -552,13 +553,6 @@ def group_names(names: Sequence[str]) -> dict[str, int]:
         key = group_of(name)
         groups[key] = groups.get(key, 0) + 1
     return groups
-
-
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 if __name__ == "__main__":  # pragma: no cover

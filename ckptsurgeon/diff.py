@@ -17,7 +17,7 @@ from typing import Any
 
 from .checkpoint import Checkpoint, TensorInfo, TensorReader, open_checkpoint
 from .dtypes import has_numeric_view, to_float
-from .patterns import expand_braces
+from .patterns import raise_no_match, select
 from .pipeline import background
 from .ties import name_ties
 
@@ -143,14 +143,6 @@ def _name_map(ckpt: Checkpoint, strip_prefix: str | None, normalize: bool) -> di
     return out
 
 
-def _selected(name: str, include: list[str], exclude: list[str]) -> bool:
-    from fnmatch import fnmatchcase
-
-    if include and not any(fnmatchcase(name, p) for p in include):
-        return False
-    return not any(fnmatchcase(name, p) for p in exclude)
-
-
 def diff(
     a: str | os.PathLike[str],
     b: str | os.PathLike[str],
@@ -178,14 +170,10 @@ def diff(
     ca, cb = open_checkpoint(a), open_checkpoint(b)  # headers of both before any data
     map_a = _name_map(ca, strip_prefix_a, normalize)
     map_b = _name_map(cb, strip_prefix_b, normalize)
-    include = [g for p in patterns for g in expand_braces(p)]
-    excl = [g for p in exclude for g in expand_braces(p)]
-    order = [n for n in map_a if _selected(n, include, excl)]
-    order += [n for n in map_b if n not in map_a and _selected(n, include, excl)]
-    if include and not order:
-        from .patterns import raise_no_match
-
-        raise_no_match(patterns[0], list(map_a) + list(map_b))
+    names = list(map_a) + [n for n in map_b if n not in map_a]
+    order = select(names, list(patterns) or ["*"], exclude, require_match=False)
+    if patterns and not order:
+        raise_no_match(patterns[0], names)
 
     results: dict[str, TensorDiff] = {}
     to_compare: list[str] = []

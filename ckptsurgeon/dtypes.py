@@ -8,6 +8,7 @@ and get no statistics).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -62,16 +63,14 @@ DTYPES: dict[str, DType] = {
 
 def nbytes_of(dtype: str, shape: tuple[int, ...]) -> int:
     """Byte size of a tensor; sub-byte dtypes are packed (safetensors' rule)."""
-    numel = 1
-    for dim in shape:
-        numel *= dim
+    numel = numel_of(shape)
     bits = numel * DTYPES[dtype].bits
     if bits % 8:
         raise ValueError(f"{numel} elements of {dtype} do not fill whole bytes")
     return bits // 8
 
 
-def numel_of(shape: tuple[int, ...] | list[int]) -> int:
+def numel_of(shape: Sequence[int]) -> int:
     numel = 1
     for dim in shape:
         numel *= dim

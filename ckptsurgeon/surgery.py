@@ -332,8 +332,7 @@ def execute(
     # a bounded number of chunks ahead, so random numbers (and numpy's ~0.1 s import) happen
     # while the kernel copies the kept tensors. Values do not depend on this: each chunk has
     # its own stream.
-    single_file = str(destination).endswith(".safetensors")
-    order = emission_order(out, single_file, max_shard_size)
+    order = emission_order(out, destination, max_shard_size)
     todo = [t for t in order if actions[t.name].action == "reinit"]
 
     def drawn() -> Iterator[tuple[str, bytes | memoryview]]:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .checkpoint import Checkpoint, SafetensorsReader, TensorInfo, read_error, write_all
+from .checkpoint import Checkpoint, SafetensorsReader, TensorInfo, TensorReader, read_error
 from .dtypes import TORCH_TO_ST
 from .errors import CorruptCheckpointError, UnsafePickleError, UnsupportedFormatError
 from .ties import canonical_of
@@ -235,10 +235,8 @@ class BinReader(SafetensorsReader):
 
     def copy_to(self, info: TensorInfo, fd: int) -> None:
         if info.offset is not None:
-            return super().copy_to(info, fd)
-        for chunk in self.chunks(info):
-            write_all(fd, chunk)
-        return None
+            return super().copy_to(info, fd)  # kernel copy, straight from the file
+        return TensorReader.copy_to(self, info, fd)  # bytes through torch
 
     def chunks(self, info: TensorInfo, chunk_bytes: int = 8 << 20) -> Iterator[bytes | memoryview]:
         if info.offset is not None:

@@ -18,7 +18,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +59,6 @@ class WriteResult:
     tensors: int
 
 
-@dataclass
-class ShardPlan:
-    filename: str
-    tensors: list[OutTensor] = field(default_factory=list)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors)
-
-
 def plan_shards(sizes: Sequence[tuple[str, int]], max_shard_size: int) -> list[list[str]]:
     """Split tensor names into shards, in order, each at most ``max_shard_size`` bytes.
 
@@ -103,17 +93,30 @@ def data_order(tensors: Sequence[OutTensor]) -> list[OutTensor]:
     return [t for _, t in indexed]
 
 
-def emission_order(
-    tensors: Sequence[OutTensor], single_file: bool, max_shard_size: int
-) -> list[OutTensor]:
-    """The order in which :func:`write_checkpoint` will call ``emit``: shard by shard, each in
-    :func:`data_order`. Lets a caller prepare bytes ahead (e.g. draw random numbers while the
-    kernel copies kept tensors)."""
-    if single_file:
-        return data_order(tensors)
+def is_single_file(dest: str | os.PathLike[str]) -> bool:
+    """DEST ending in ``.safetensors`` is one file; anything else is a model directory."""
+    return Path(dest).name.endswith(".safetensors")
+
+
+def shard_groups(
+    tensors: Sequence[OutTensor], dest: str | os.PathLike[str], max_shard_size: int
+) -> list[list[OutTensor]]:
+    """The files :func:`write_checkpoint` writes for ``dest``: one group per file, in order."""
+    if is_single_file(dest):
+        return [list(tensors)]
     by_name = {t.name: t for t in tensors}
     groups = plan_shards([(t.name, t.nbytes) for t in tensors], max_shard_size)
-    return [t for group in groups for t in data_order([by_name[n] for n in group])]
+    return [[by_name[n] for n in group] for group in groups]
+
+
+def emission_order(
+    tensors: Sequence[OutTensor], dest: str | os.PathLike[str], max_shard_size: int
+) -> list[OutTensor]:
+    """The order in which :func:`write_checkpoint` will call ``emit``: file by file, each in
+    :func:`data_order`. Lets a caller prepare bytes ahead (e.g. draw random numbers while the
+    kernel copies kept tensors)."""
+    groups = shard_groups(tensors, dest, max_shard_size)
+    return [t for group in groups for t in data_order(group)]
 
 
 def _same_path(a: Path, b: Path) -> bool:
@@ -300,16 +303,15 @@ def write_checkpoint(
     meta = {"format": "pt", **metadata}
     tmp = dest.parent / f".{dest.name}{TMP_SUFFIX}"
     _remove(tmp)  # a temp left by a killed run
-    single_file = dest.name.endswith(".safetensors")
     try:
-        if single_file:
+        if is_single_file(dest):
             write_safetensors(tmp, tensors, meta, emit)
             files: tuple[str, ...] = (dest.name,)
             copied: list[str] = []
             _verify(tmp, tensors)
         else:
             tmp.mkdir()
-            files = _write_dir(tmp, tensors, meta, emit, max_shard_size)
+            files = _write_dir(tmp, shard_groups(tensors, dest, max_shard_size), meta, emit)
             copied = copy_extra_files(src, tmp)
             _verify(tmp, tensors)
             _fsync_dir(tmp)
@@ -342,26 +344,23 @@ def _write_error(exc: OSError, dest: Path) -> WriteError:
 
 def _write_dir(
     tmp: Path,
-    tensors: Sequence[OutTensor],
+    groups: list[list[OutTensor]],
     meta: dict[str, str],
     emit: Callable[[OutTensor, int], None],
-    max_shard_size: int,
 ) -> tuple[str, ...]:
-    by_name = {t.name: t for t in tensors}
-    groups = plan_shards([(t.name, t.nbytes) for t in tensors], max_shard_size)
     if len(groups) == 1:
-        write_safetensors(tmp / SAFE_SINGLE, tensors, meta, emit)
+        write_safetensors(tmp / SAFE_SINGLE, groups[0], meta, emit)
         return (SAFE_SINGLE,)
     names = [shard_filename(i + 1, len(groups)) for i in range(len(groups))]
     weight_map: dict[str, str] = {}
     for fname, group in zip(names, groups, strict=True):
         # fsync all shards at the end: earlier shards flush while later ones are written
-        write_safetensors(tmp / fname, [by_name[n] for n in group], meta, emit, fsync=False)
-        weight_map.update({n: fname for n in group})
+        write_safetensors(tmp / fname, group, meta, emit, fsync=False)
+        weight_map.update({t.name: fname for t in group})
     for fname in names:
         _fsync_file(tmp / fname)
     index = {
-        "metadata": {"total_size": sum(t.nbytes for t in tensors)},
+        "metadata": {"total_size": sum(t.nbytes for group in groups for t in group)},
         "weight_map": dict(sorted(weight_map.items())),
     }
     text = json.dumps(index, indent=2, sort_keys=True) + "\n"
