@@ -67,6 +67,19 @@ def model_type(config: dict[str, Any] | None) -> str:
     return str((config or {}).get("model_type") or "")
 
 
+def roberta_like(config: dict[str, Any] | None, first_name_part: str = "") -> bool:
+    """RoBERTa-family padding rules apply: by ``model_type``, else by ``architectures``
+    (old fastNLP and fairseq exports carry ``RobertaModel`` but no model_type), else by the
+    ``roberta.`` name prefix."""
+    if model_type(config) in ROBERTA_FAMILY or first_name_part == "roberta":
+        return True
+    archs = (config or {}).get("architectures")
+    if not isinstance(archs, list):
+        return False
+    families = tuple(f.replace("-", "") for f in ROBERTA_FAMILY)
+    return any(isinstance(a, str) and a.lower().startswith(families) for a in archs)
+
+
 def std_from(config: dict[str, Any] | None, override: float | None) -> float:
     if override is not None:
         return float(override)
@@ -106,7 +119,7 @@ def rule_for(
     if leaf == "weight" and module.endswith("embeddings") and len(shape) == 2:
         cfg = config or {}
         mtype = model_type(cfg)
-        roberta_like = mtype in ROBERTA_FAMILY or parts[0] == "roberta"
+        roberta = roberta_like(cfg, parts[0])
         if (
             module == "position_embeddings"
             and (mtype == "distilbert" or parts[0] == "distilbert")
@@ -118,8 +131,8 @@ def rule_for(
                 "exclude it with -x; transformers recomputes it, it is not learned",
             )
         pad: int | None = None
-        if module == "word_embeddings" or (module == "position_embeddings" and roberta_like):
-            default_pad = 1 if roberta_like else 0
+        if module == "word_embeddings" or (module == "position_embeddings" and roberta):
+            default_pad = 1 if roberta else 0
             raw = cfg.get("pad_token_id", default_pad)
             pad = raw if isinstance(raw, int) and not isinstance(raw, bool) else None
             if pad is not None and not 0 <= pad < shape[0]:

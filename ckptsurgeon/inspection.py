@@ -10,7 +10,7 @@ from typing import Any
 
 from .checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from .dtypes import has_numeric_view, to_float
-from .patterns import select
+from .patterns import as_patterns, select
 
 
 @dataclass(frozen=True)
@@ -39,13 +39,23 @@ class Inspection:
     tensors: tuple[TensorInfo, ...]
     stats: dict[str, TensorStats] | None = None
 
+    def _stored(self) -> list[TensorInfo]:
+        """The listed tensors, each tied group once (an alias shares its canonical's bytes)."""
+        return [t for t in self.tensors if t.name not in self.checkpoint.aliases]
+
     @property
     def total_params(self) -> int:
-        return sum(t.params for t in self.tensors)
+        return sum(t.params for t in self._stored())
 
     @property
     def total_bytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors)
+        return sum(t.nbytes for t in self._stored())
+
+    @property
+    def tied(self) -> dict[str, str]:
+        """``{alias: canonical}`` for the listed tensors that share storage with another."""
+        listed = {t.name for t in self.tensors}
+        return {a: c for a, c in sorted(self.checkpoint.aliases.items()) if a in listed}
 
     @property
     def dtypes(self) -> dict[str, int]:
@@ -78,6 +88,7 @@ class Inspection:
             "total_params": self.total_params,
             "total_bytes": self.total_bytes,
             "dtypes": self.dtypes,
+            "tied": self.tied,
             "tensors": rows,
         }
 
@@ -96,6 +107,7 @@ def inspect(
     ['bert.pooler.dense.weight', 'bert.pooler.dense.bias']
     """
     ckpt = open_checkpoint(src)
+    patterns = as_patterns(patterns)
     names = select(ckpt.names, patterns) if patterns else ckpt.names
     wanted = set(names)
     tensors = tuple(t for t in ckpt.tensors if t.name in wanted)

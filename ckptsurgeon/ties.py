@@ -16,14 +16,45 @@ TIED_ALIAS_SUFFIXES = (
 )
 
 
-def canonical_of(names: list[str]) -> str:
-    """Pick the member of a tied group that transformers keeps when it saves.
+_INPUT_EMBEDDING_ENDS = (
+    "word_embeddings.weight",  # BERT family, BLOOM
+    "embed_tokens.weight",  # Llama, OPT, BART
+    "wte.weight",  # GPT-2, GPT-J, GPT-Neo
+)
 
-    Aliases are the head-side names (``cls.predictions.decoder.weight``...); of the rest,
-    embeddings win, then the shortest name, then alphabetical order.
+
+def _is_head_alias(name: str) -> bool:
+    leaf = name.rsplit(".", 2)
+    return name.endswith(TIED_ALIAS_SUFFIXES) or leaf[-2:] == ["lm_head", "weight"]
+
+
+def canonical_of(names: list[str]) -> str:
+    """Pick the member of a tied group that transformers keeps when it saves: the input
+    embedding, never the output head.
+
+    GPT-2 ``transformer.wte.weight`` (not ``lm_head.weight``), BLOOM
+    ``transformer.word_embeddings.weight``, Llama/OPT ``*.embed_tokens.weight``, T5
+    ``shared.weight`` (over ``encoder.embed_tokens.weight`` and ``decoder.embed_tokens.weight``),
+    BERT ``*.embeddings.word_embeddings.weight``; a head bias over its decoder bias. Ties between
+    other names: the shortest name, then alphabetical order.
+
+    >>> canonical_of(["lm_head.weight", "transformer.wte.weight"])
+    'transformer.wte.weight'
+    >>> canonical_of(["encoder.embed_tokens.weight", "lm_head.weight", "shared.weight"])
+    'shared.weight'
     """
-    candidates = [n for n in names if not n.endswith(TIED_ALIAS_SUFFIXES)] or list(names)
-    return sorted(candidates, key=lambda n: ("embeddings" not in n, len(n), n))[0]
+
+    def rank(n: str) -> tuple[bool, bool, bool, bool, int, str]:
+        return (
+            _is_head_alias(n),
+            n.rsplit(".", 2)[-2:] != ["shared", "weight"],
+            not n.endswith(_INPUT_EMBEDDING_ENDS),
+            "embed" not in n,
+            len(n),
+            n,
+        )
+
+    return min(names, key=rank)
 
 
 def name_ties(names: Sequence[str], config: dict[str, Any] | None) -> dict[str, str]:
