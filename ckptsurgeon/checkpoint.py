@@ -17,10 +17,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .config import read_config
 from .dtypes import numel_of
 from .errors import (
     CheckpointNotFoundError,
     CkptSurgeonError,
+    ConfigError,
     CorruptCheckpointError,
     SelectionError,
     SourceReadError,
@@ -33,17 +35,6 @@ SAFE_INDEX = "model.safetensors.index.json"
 BIN_SINGLE = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-
-# Root-level files that are weights (never copied beside a new checkpoint: they would be stale).
-_WEIGHT_FILE_RE = re.compile(
-    r"^(.*\.safetensors|.*\.safetensors\.index\.json|pytorch_model.*\.bin|.*\.bin\.index\.json"
-    r"|tf_model.*\.h5|flax_model.*\.msgpack|.*\.pt|.*\.pth|model\.ckpt.*)$"
-)
-
-
-def is_weight_file(name: str) -> bool:
-    """Whether a root-level file name is a weight file (or weight index) of some framework."""
-    return bool(_WEIGHT_FILE_RE.match(name))
 
 
 @dataclass(frozen=True)
@@ -81,12 +72,32 @@ class Checkpoint:
     index_file: Path | None = None
     aliases: dict[str, str] = field(default_factory=dict)  # tied alias -> canonical (.bin)
     config: dict[str, Any] | None = None
+    config_error: ConfigError | None = None  # config.json is broken (see config.py)
     notes: list[str] = field(default_factory=list)  # warnings for the user
     _stamps: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
 
     @property
     def names(self) -> list[str]:
         return [t.name for t in self.tensors]
+
+    @property
+    def wrapper_prefix(self) -> str | None:
+        """``module.`` or ``_orig_mod.`` when every name carries it (a wrapped model's save)."""
+        return wrapper_prefix(self.names)
+
+    def wrapper_hint(self) -> str:
+        """A hint toward ``--strip-prefix`` for a wrapped model's checkpoint, else ''."""
+        return wrapper_hint(self.names)
+
+    def require_valid_config(self) -> None:
+        """Raise the config.json problem, if any (every command that writes calls this)."""
+        if self.config_error is not None:
+            raise self.config_error
+
+    @property
+    def own_files(self) -> list[Path]:
+        """The files this checkpoint is read from: weight files and the index."""
+        return [*self.files, *([self.index_file] if self.index_file is not None else [])]
 
     @property
     def sharded(self) -> bool:
@@ -242,13 +253,58 @@ class SafetensorsReader(TensorReader):
         return None
 
 
-def strip_prefixes(ckpt: Checkpoint, prefixes: Sequence[str]) -> Checkpoint:
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def wrapper_prefix(names: Sequence[str]) -> str | None:
+    """The wrapper prefix (DDP ``module.``, torch.compile ``_orig_mod.``) every name starts with."""
+    for prefix in WRAPPER_PREFIXES:
+        if names and all(n.startswith(prefix) for n in names):
+            return prefix
+    return None
+
+
+def wrapper_hint(names: Sequence[str]) -> str:
+    """A hint toward ``--strip-prefix`` when every name carries a wrapper prefix, else ''."""
+    prefix = wrapper_prefix(names)
+    if prefix is None:
+        return ""
+    return f"names start with {prefix!r} (saved from a wrapped model): pass --strip-prefix {prefix}"
+
+
+def _dotted_prefix(prefix: str, names: Sequence[str], where: str) -> str:
+    """``module`` means ``module.`` when every name starts with ``module.``; otherwise a prefix
+    that does not end at a dot would leave names starting with ``.`` or cut a word: refused."""
+    if not prefix or prefix.endswith("."):
+        return prefix
+    dotted = prefix + "."
+    if names and all(n.startswith(dotted) for n in names):
+        return dotted
+    raise SelectionError(
+        f"--strip-prefix {prefix!r} does not end with a dot and not every name starts with "
+        f"{dotted!r}",
+        where,
+        f"give --strip-prefix {dotted!r} to strip it where present",
+    )
+
+
+def normalise_prefixes(ckpt: Checkpoint, prefixes: str | Sequence[str]) -> list[str]:
+    """``--strip-prefix`` values as they will be applied (``module`` -> ``module.``)."""
+    if isinstance(prefixes, str):
+        prefixes = (prefixes,)
+    every = [*ckpt.names, *ckpt.aliases]
+    return [_dotted_prefix(p, every, str(ckpt.path)) for p in prefixes]
+
+
+def strip_prefixes(ckpt: Checkpoint, prefixes: str | Sequence[str]) -> Checkpoint:
     """A view of ``ckpt`` with the first matching prefix removed from every name.
 
     For checkpoints saved from wrapped models: ``module.`` (DistributedDataParallel) or
-    ``_orig_mod.`` (torch.compile), which transformers does not strip. Two names that become
+    ``_orig_mod.`` (torch.compile), which transformers does not strip. ``module`` without the
+    dot is read as ``module.`` when every name starts with ``module.``. Two names that become
     one are an error.
     """
+    prefixes = normalise_prefixes(ckpt, prefixes)
     if not prefixes:
         return ckpt
 
@@ -298,7 +354,10 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         )
     try:
         ckpt = _open_dir(p) if p.is_dir() else _open_file(p)
-        ckpt.config = _read_config(ckpt)
+        base = ckpt.root if ckpt.root is not None else ckpt.path.parent
+        ckpt.config, ckpt.config_error = read_config(base / "config.json")
+        if ckpt.config_error is not None:
+            ckpt.notes.append(ckpt.config_error.message)
     except OSError as exc:
         if isinstance(exc, CkptSurgeonError):
             raise
@@ -520,16 +579,3 @@ def _open_index(index: Path) -> Checkpoint:
 def _shard_sort_key(name: str) -> tuple[int, str]:
     match = re.search(r"-(\d+)-of-\d+\.", name)
     return (int(match.group(1)) if match else 0, name)
-
-
-def _read_config(ckpt: Checkpoint) -> dict[str, Any] | None:
-    base = ckpt.root if ckpt.root is not None else ckpt.path.parent
-    cfg = base / "config.json"
-    if not cfg.is_file():
-        return None
-    try:
-        obj = json.loads(cfg.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        ckpt.notes.append(f"ignored {cfg}: not valid JSON")
-        return None
-    return obj if isinstance(obj, dict) else None

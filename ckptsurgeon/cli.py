@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from . import __version__
+from . import __version__, interrupts
 from .dtypes import numel_of
 from .errors import CkptSurgeonError
 from .sizes import format_size, parse_size
@@ -62,6 +62,7 @@ class Group(click.Group):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        interrupts.install()  # before any command imports torch: see interrupts.py
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, False, **extra)
         try:
@@ -76,6 +77,8 @@ class Group(click.Group):
         except click.Abort:
             click.echo("Error: aborted; nothing was written", err=True)
             sys.exit(EXIT_ERROR)
+        except (KeyboardInterrupt, interrupts.Terminated) as exc:
+            _interrupted(exc)
         sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -87,19 +90,27 @@ class Group(click.Group):
             raise CommandError(exc.message) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except KeyboardInterrupt:
-            click.echo("Error: interrupted; nothing was written", err=True)
-            sys.exit(130)
+        except (KeyboardInterrupt, interrupts.Terminated) as exc:
+            _interrupted(exc)
         except BrokenPipeError:
-            # whoever read stdout went away (`... | head`): not an error of this command
+            # whoever read stdout went away (`... | head`): not an error of this command, whose
+            # own status stands (diff: 1 when something differs)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(0)
+            sys.exit((ctx.obj or {}).get("exit_code", 0))
         except Exception as exc:  # a bug or an unexpected OS error: still one clean line
             if _debug_enabled(ctx):
                 traceback.print_exc()
             raise CommandError(
                 f"unexpected {type(exc).__name__}: {exc}: rerun with --debug and report it"
             ) from None
+
+
+def _interrupted(exc: BaseException) -> None:
+    what = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"terminated by {exc}"
+    try:
+        click.echo(f"Error: {what}; nothing was written", err=True)
+    finally:
+        sys.exit(interrupts.exit_status(exc))
 
 
 def warn(message: str) -> None:
@@ -162,7 +173,9 @@ def _write_options(f: Any) -> Any:
         "names before selecting and writing; repeatable.",
     )(f)
     f = click.option(
-        "--overwrite", is_flag=True, help="Replace DEST if it exists (never SRC itself)."
+        "--overwrite",
+        is_flag=True,
+        help="Replace DEST if it is a checkpoint (never SRC or a folder that holds it).",
     )(f)
     f = click.option(
         "--max-shard-size",
@@ -247,11 +260,13 @@ def inspect_cmd(src: str, patterns: tuple[str, ...], as_json: bool, stats: bool)
 @main.command("convert")
 @click.argument("src", type=click.Path())
 @click.argument("dest", type=click.Path())
+@click.option("--dry-run", is_flag=True, help="Check SRC and DEST, print the plan, write nothing.")
 @_write_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def convert_cmd(
     src: str,
     dest: str,
+    dry_run: bool,
     max_shard_size: int,
     overwrite: bool,
     strip_prefix: tuple[str, ...],
@@ -265,9 +280,14 @@ def convert_cmd(
     from .surgery import convert
 
     result = convert(
-        src, dest, max_shard_size=max_shard_size, overwrite=overwrite, strip_prefix=strip_prefix
+        src,
+        dest,
+        dry_run=dry_run,
+        max_shard_size=max_shard_size,
+        overwrite=overwrite,
+        strip_prefix=strip_prefix,
     )
-    _report(result, as_json, dry_run=False)
+    _report(result, as_json, dry_run=dry_run)
 
 
 @main.command("reinit")
@@ -443,11 +463,13 @@ def diff_cmd(
         strip_prefix_b=strip_prefix_b,
         normalize=normalize,
     )
+    status = 0 if result.identical else 1
+    ctx.obj["exit_code"] = status  # kept when the reader closes the pipe early
     if as_json:
         emit_json(result.to_json(include_all=show_all))
     else:
         _render_diff(result, show_all)
-    ctx.exit(0 if result.identical else 1)
+    ctx.exit(status)
 
 
 def _render_diff(result: Any, show_all: bool) -> None:

@@ -50,6 +50,10 @@ class UnsafePickleError(CorruptCheckpointError):
     """A pickle asks for something beyond plain tensors; it is refused, never executed."""
 
 
+class ConfigError(CkptSurgeonError, ValueError):
+    """config.json is not a JSON object, or a key that ckptsurgeon relies on is wrong."""
+
+
 class PatternError(CkptSurgeonError, ValueError):
     """A selection pattern is malformed or matches nothing."""
 

@@ -98,6 +98,7 @@ def select(
     :class:`PatternError` names the pattern and the closest names.
     """
     all_names = list(names)
+    include, exclude = as_patterns(include), as_patterns(exclude)
     expanded_inc = {p: expand_braces(p) for p in include}
     expanded_exc = [e for p in exclude for e in expand_braces(p)]
     hit: set[str] = set()
@@ -106,15 +107,28 @@ def select(
         if require_match and not found:
             raise_no_match(pattern, all_names)
         hit.update(found)
+    if require_match:
+        for pattern in exclude:
+            if not any(matches(n, pattern) for n in all_names):
+                raise_no_match(pattern, all_names, "exclude pattern")
     return [n for n in all_names if n in hit and not any(fnmatchcase(n, g) for g in expanded_exc)]
 
 
-def raise_no_match(pattern: str, names: Sequence[str]) -> None:
+def raise_no_match(pattern: str, names: Sequence[str], kind: str = "pattern") -> None:
     close = closest_names(pattern, names)
     hint = "check the names with `ckptsurgeon inspect`"
     if close:
         hint = "closest names: " + ", ".join(close)
-    raise PatternError("pattern matches no tensor", pattern, hint)
+    raise PatternError(f"{kind} matches no tensor", pattern, hint)
+
+
+def as_patterns(patterns: str | Iterable[str] | None) -> tuple[str, ...]:
+    """Patterns as a tuple; a bare string is one pattern (not a sequence of characters)."""
+    if patterns is None:
+        return ()
+    if isinstance(patterns, str):
+        return (patterns,)
+    return tuple(patterns)
 
 
 def group_of(name: str) -> str:

@@ -6,8 +6,10 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import SelectionError
-from .patterns import select
+from .checkpoint import wrapper_hint
+from .config import LAYER_COUNT_KEYS
+from .errors import PatternError, SelectionError
+from .patterns import as_patterns, select
 
 # The encoder stack of BERT-family models, with or without the model prefix (and the block
 # stacks of decoder-style checkpoints: ``model.layers.N``, ``transformer.h.N``).
@@ -29,7 +31,7 @@ def find_layer_stacks(names: Sequence[str]) -> dict[str, list[int]]:
 
 def config_layer_count(config: dict[str, Any] | None) -> int | None:
     cfg = config or {}
-    for key in ("num_hidden_layers", "n_layers", "num_layers"):
+    for key in LAYER_COUNT_KEYS:
         value = cfg.get(key)
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -95,8 +97,29 @@ def resolve_selection(
     config: dict[str, Any] | None,
     where: str,
 ) -> list[str]:
-    """The selected names, in checkpoint order. At least one selector is required."""
-    include = list(patterns)
+    """The selected names, in checkpoint order. At least one selector is required.
+
+    When nothing matches and every name carries a wrapper prefix (``module.``), the error says
+    to pass ``--strip-prefix``."""
+    try:
+        return _resolve(names, patterns, exclude, top_layers, pooler, config, where)
+    except (PatternError, SelectionError) as exc:
+        hint = wrapper_hint(names)
+        if not hint:
+            raise
+        raise type(exc)(exc.what, exc.where, f"{hint}; or {exc.hint}") from None
+
+
+def _resolve(
+    names: Sequence[str],
+    patterns: Sequence[str],
+    exclude: Sequence[str],
+    top_layers: int | None,
+    pooler: bool,
+    config: dict[str, Any] | None,
+    where: str,
+) -> list[str]:
+    include = list(as_patterns(patterns))
     if top_layers is not None:
         include += top_layer_patterns(names, top_layers, config, where)
     if pooler:

@@ -8,23 +8,37 @@ the writer verifies and publishes.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .checkpoint import Checkpoint, TensorInfo, open_checkpoint, strip_prefixes, write_all
+from .checkpoint import (
+    Checkpoint,
+    TensorInfo,
+    normalise_prefixes,
+    open_checkpoint,
+    strip_prefixes,
+    write_all,
+)
 from .errors import SelectionError
 from .init_rules import Rule, Skip, generate, rule_for, std_from
+from .patterns import as_patterns
 from .pipeline import background
 from .selection import resolve_selection
+from .sidefiles import SideFiles, plan_side_files
+from .sizes import parse_size
 from .ties import name_ties
 from .writer import (
     DEFAULT_MAX_SHARD_SIZE,
     OutTensor,
     WriteResult,
+    check_destination,
     emission_order,
+    is_single_file,
     write_checkpoint,
 )
 
@@ -74,6 +88,7 @@ class Plan:
     arguments: dict[str, Any] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)  # folded tied aliases -> canonical
     warnings: tuple[str, ...] = ()
+    side_files: SideFiles | None = field(default=None, repr=False, compare=False)
     _rules: dict[str, Rule] = field(default_factory=dict, repr=False, compare=False)
 
     def count(self, action: str) -> int:
@@ -148,6 +163,12 @@ def _keep(t: TensorInfo) -> TensorPlan:
 
 def plan_convert(ckpt: Checkpoint, destination: str = "") -> Plan:
     base, skipped = _base_tensors(ckpt)
+    warnings = list(ckpt.notes)
+    if ckpt.wrapper_hint():
+        warnings.append(
+            f"{ckpt.wrapper_hint()} (transformers does not strip it, so from_pretrained "
+            "would load none of these tensors)"
+        )
     return Plan(
         operation="convert",
         source=str(ckpt.path),
@@ -155,7 +176,7 @@ def plan_convert(ckpt: Checkpoint, destination: str = "") -> Plan:
         tensors=tuple(_keep(t) for t in base),
         skipped=tuple(skipped),
         aliases=dict(ckpt.aliases),
-        warnings=tuple(ckpt.notes),
+        warnings=tuple(warnings),
     )
 
 
@@ -166,6 +187,7 @@ def plan_drop(
     destination: str = "",
 ) -> Plan:
     """Drop the selected tensors so that ``from_pretrained`` initialises them itself."""
+    patterns, exclude = as_patterns(patterns), as_patterns(exclude)
     if not patterns:
         raise SelectionError("nothing selected", str(ckpt.path), "give at least one -p PATTERN")
     selected = set(
@@ -200,6 +222,12 @@ def plan_drop(
         TensorPlan(t.name, t.dtype, t.shape, t.nbytes, "drop") if t.name in selected else _keep(t)
         for t in base
     )
+    if not any(t.action == "keep" for t in tensors):
+        raise SelectionError(
+            f"the selection drops all {len(tensors)} tensors; the output would hold none",
+            str(ckpt.path),
+            "narrow -p, or add -x for what to keep",
+        )
     return Plan(
         operation="drop",
         source=str(ckpt.path),
@@ -224,10 +252,13 @@ def plan_reinit(
     destination: str = "",
 ) -> Plan:
     """Re-initialise the selected tensors with BERT's rules (see :mod:`ckptsurgeon.init_rules`)."""
+    patterns, exclude = as_patterns(patterns), as_patterns(exclude)
     if seed < 0 or seed >= 2**63:
         raise SelectionError(f"seed {seed} is out of range", "--seed", "give 0 <= seed < 2**63")
     if std is not None and not std > 0:
         raise SelectionError(f"std {std} is not positive", "--std", "give a positive std")
+    if std is not None and not math.isfinite(std):
+        raise SelectionError(f"std {std} is not finite", "--std", "give a finite positive std")
     where = str(ckpt.path)
     selected = resolve_selection(
         ckpt.names,
@@ -288,6 +319,14 @@ def plan_reinit(
                 rule.describe(),
                 source.name if source.name != t.name else None,
             )
+        )
+    if not rules:
+        reasons = "; ".join(f"{s.name}: {s.reason}" for s in skipped[-3:] if s.name in chosen)
+        raise SelectionError(
+            "nothing to re-initialise: every selected tensor is skipped"
+            + (f" ({reasons})" if reasons else ""),
+            where,
+            "select floating-point weights, biases or LayerNorm parameters",
         )
     arguments: dict[str, Any] = {
         "patterns": list(patterns),
@@ -368,6 +407,7 @@ def execute(
                 plan.metadata(),
                 max_shard_size=max_shard_size,
                 overwrite=overwrite,
+                side_files=plan.side_files,
             )
         finally:
             close = getattr(ahead, "close", None)
@@ -379,77 +419,118 @@ def execute(
 # The public verbs
 
 
-def _open(src: str | os.PathLike[str], strip_prefix: Sequence[str]) -> Checkpoint:
-    return strip_prefixes(open_checkpoint(src), strip_prefix)
+def _open(
+    src: str | os.PathLike[str], strip_prefix: str | Sequence[str]
+) -> tuple[Checkpoint, list[str]]:
+    """Open SRC for a command that writes (a broken config.json is an error here); return it
+    with the wrapper prefixes stripped, and those prefixes as applied."""
+    ckpt = open_checkpoint(src)
+    prefixes = normalise_prefixes(ckpt, strip_prefix)
+    ckpt = strip_prefixes(ckpt, prefixes)
+    ckpt.require_valid_config()
+    return ckpt, prefixes
 
 
-def _with_strip(plan: Plan, strip_prefix: Sequence[str]) -> Plan:
-    """Record ``--strip-prefix`` in the plan's arguments (and so in the output metadata)."""
-    if not strip_prefix:
-        return plan
-    return replace(plan, arguments={**plan.arguments, "strip_prefix": list(strip_prefix)})
+def _run(
+    plan: Plan,
+    ckpt: Checkpoint,
+    dest: str | os.PathLike[str],
+    strip_prefix: list[str],
+    *,
+    dry_run: bool,
+    max_shard_size: int | str,
+    overwrite: bool,
+    threads: int | None = None,
+) -> Result:
+    """Check DEST (a dry run too, so that a dry run that passes means the real run can start),
+    plan the files copied beside the weights, then execute unless this is a dry run."""
+    if strip_prefix:  # recorded in the plan's arguments, and so in the output metadata
+        plan = replace(plan, arguments={**plan.arguments, "strip_prefix": strip_prefix})
+    shard_size = parse_size(max_shard_size) if isinstance(max_shard_size, str) else max_shard_size
+    check_destination(ckpt, Path(dest), overwrite)
+    if not is_single_file(dest):
+        side = plan_side_files(ckpt.root, ckpt.own_files)
+        plan = replace(plan, side_files=side, warnings=(*plan.warnings, *side.notes))
+    if dry_run:
+        return Result(plan, None)
+    written = execute(
+        plan, ckpt, dest, max_shard_size=shard_size, overwrite=overwrite, threads=threads
+    )
+    return Result(plan, written)
 
 
 def convert(
     src: str | os.PathLike[str],
     dest: str | os.PathLike[str],
     *,
-    max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
+    dry_run: bool = False,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     overwrite: bool = False,
-    strip_prefix: Sequence[str] = (),
+    strip_prefix: str | Sequence[str] = (),
 ) -> Result:
     """Rewrite any readable checkpoint as safetensors with every value unchanged.
 
-    ``strip_prefix`` removes wrapper prefixes such as ``module.`` from the names.
+    ``strip_prefix`` removes wrapper prefixes such as ``module.`` from the names;
+    ``max_shard_size`` is bytes or a size such as ``"50KB"``.
 
     >>> convert("bert-bin/", "bert-safetensors/")  # doctest: +SKIP
     """
-    ckpt = _open(src, strip_prefix)
-    plan = _with_strip(plan_convert(ckpt, str(dest)), strip_prefix)
-    return Result(
-        plan, execute(plan, ckpt, dest, max_shard_size=max_shard_size, overwrite=overwrite)
+    ckpt, strip = _open(src, strip_prefix)
+    plan = plan_convert(ckpt, str(dest))
+    return _run(
+        plan,
+        ckpt,
+        dest,
+        strip,
+        dry_run=dry_run,
+        max_shard_size=max_shard_size,
+        overwrite=overwrite,
     )
 
 
 def drop(
     src: str | os.PathLike[str],
     dest: str | os.PathLike[str],
-    patterns: Sequence[str],
-    exclude: Sequence[str] = (),
+    patterns: str | Sequence[str],
+    exclude: str | Sequence[str] = (),
     *,
     dry_run: bool = False,
-    max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     overwrite: bool = False,
-    strip_prefix: Sequence[str] = (),
+    strip_prefix: str | Sequence[str] = (),
 ) -> Result:
     """Write the checkpoint without the selected tensors (patterns match stripped names).
 
     >>> drop("bert-mlm/", "bert-headless/", ["cls.*"])  # doctest: +SKIP
     """
-    ckpt = _open(src, strip_prefix)
-    plan = _with_strip(plan_drop(ckpt, patterns, exclude, destination=str(dest)), strip_prefix)
-    if dry_run:
-        return Result(plan, None)
-    return Result(
-        plan, execute(plan, ckpt, dest, max_shard_size=max_shard_size, overwrite=overwrite)
+    ckpt, strip = _open(src, strip_prefix)
+    plan = plan_drop(ckpt, patterns, exclude, destination=str(dest))
+    return _run(
+        plan,
+        ckpt,
+        dest,
+        strip,
+        dry_run=dry_run,
+        max_shard_size=max_shard_size,
+        overwrite=overwrite,
     )
 
 
 def reinit(
     src: str | os.PathLike[str],
     dest: str | os.PathLike[str],
-    patterns: Sequence[str] = (),
-    exclude: Sequence[str] = (),
+    patterns: str | Sequence[str] = (),
+    exclude: str | Sequence[str] = (),
     *,
     top_layers: int | None = None,
     pooler: bool = False,
     seed: int = 0,
     std: float | None = None,
     dry_run: bool = False,
-    max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     overwrite: bool = False,
     threads: int | None = None,
-    strip_prefix: Sequence[str] = (),
+    strip_prefix: str | Sequence[str] = (),
 ) -> Result:
     """Re-initialise the selected tensors with BERT's rules and write a new checkpoint.
 
@@ -457,7 +538,7 @@ def reinit(
 
     >>> reinit("bert/", "bert-top3/", top_layers=3, pooler=True, seed=0)  # doctest: +SKIP
     """
-    ckpt = _open(src, strip_prefix)
+    ckpt, strip = _open(src, strip_prefix)
     plan = plan_reinit(
         ckpt,
         patterns,
@@ -468,17 +549,13 @@ def reinit(
         std=std,
         destination=str(dest),
     )
-    plan = _with_strip(plan, strip_prefix)
-    if dry_run:
-        return Result(plan, None)
-    return Result(
+    return _run(
         plan,
-        execute(
-            plan,
-            ckpt,
-            dest,
-            max_shard_size=max_shard_size,
-            overwrite=overwrite,
-            threads=threads,
-        ),
+        ckpt,
+        dest,
+        strip,
+        dry_run=dry_run,
+        max_shard_size=max_shard_size,
+        overwrite=overwrite,
+        threads=threads,
     )

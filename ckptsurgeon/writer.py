@@ -22,22 +22,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import (
-    SAFE_INDEX,
-    SAFE_SINGLE,
-    Checkpoint,
-    is_weight_file,
-    open_checkpoint,
-    write_all,
-)
+from . import interrupts
+from .checkpoint import SAFE_INDEX, SAFE_SINGLE, Checkpoint, open_checkpoint, write_all
 from .dtypes import DTYPES
 from .errors import CkptSurgeonError, DestinationError, VerificationError, WriteError
 from .safetensors_format import build_header
+from .sidefiles import (
+    OLD_SUFFIX,
+    TMP_SUFFIX,
+    SideFiles,
+    check_replaceable,
+    copy_side_files,
+    is_weight_file,
+    plan_side_files,
+)
 
 DEFAULT_MAX_SHARD_SIZE = 5 * 10**9
 KICK_BYTES = 64 << 20
-TMP_SUFFIX = ".ckptsurgeon-tmp"
-OLD_SUFFIX = ".ckptsurgeon-old"
 
 
 @dataclass(frozen=True)
@@ -119,47 +120,106 @@ def emission_order(
     return [t for group in groups for t in data_order(group)]
 
 
-def _same_path(a: Path, b: Path) -> bool:
+def _variants(path: str | os.PathLike[str]) -> set[str]:
+    """A path as given (absolute) and with every symbolic link resolved."""
+    return {os.path.abspath(path), os.path.realpath(path)}
+
+
+def _within(path: str, folder: str) -> bool:
+    return path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def written_by_ckptsurgeon(dest: Path) -> set[str] | None:
+    """The entries ckptsurgeon recorded copying into a directory it wrote, or None when the
+    directory's weights were not written by ckptsurgeon."""
+    from .checkpoint import open_checkpoint
+
     try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
+        meta = open_checkpoint(dest).metadata
+    except (CkptSurgeonError, OSError):
+        return None
+    try:
+        copied = json.loads(meta["ckptsurgeon"]).get("copied", [])
+    except (KeyError, ValueError, AttributeError):
+        return None
+    return {c for c in copied if isinstance(c, str)} if isinstance(copied, list) else set()
+
+
+def _record_copied(meta: dict[str, str], copied: list[str]) -> dict[str, str]:
+    """Add the entries copied beside the weights to the ckptsurgeon record, so that a later
+    ``--overwrite`` knows them as ckptsurgeon's own."""
+    try:
+        record = json.loads(meta.get("ckptsurgeon", "{}"))
+    except ValueError:
+        return meta
+    if not isinstance(record, dict):
+        return meta
+    record["copied"] = copied
+    return {**meta, "ckptsurgeon": json.dumps(record, sort_keys=True, separators=(",", ":"))}
 
 
 def check_destination(src: Checkpoint, dest: Path, overwrite: bool) -> None:
-    """Refuse DEST when it is the source, one of its files, inside it, or exists (without
-    ``overwrite``). Called before anything is read or written."""
-    dest_abs = Path(os.path.abspath(dest))
-    protected = [Path(os.path.abspath(p)) for p in [src.path, *src.files]]
-    if src.index_file is not None:
-        protected.append(Path(os.path.abspath(src.index_file)))
-    for p in protected:
-        if dest_abs == p or _same_path(dest_abs, p):
+    """Refuse DEST when it is the source, inside it, contains it, or exists (without
+    ``overwrite``), or when ``overwrite`` would replace anything but a checkpoint. Paths are
+    compared as given and with symbolic links resolved. Called before anything is read or
+    written, and by ``--dry-run``."""
+    dest = Path(dest)
+    dest_paths = _variants(dest)
+    protected: set[str] = set()
+    for p in [src.path, *src.own_files]:
+        protected |= _variants(p)
+    roots = _variants(src.root) if src.root is not None else set()
+    for d in dest_paths:
+        if d in protected or d in roots:
             raise DestinationError(
                 "destination is the source checkpoint",
                 str(dest),
                 "choose a new path for the output",
             )
-    if src.root is not None:
-        root_abs = Path(os.path.abspath(src.root))
-        if root_abs in dest_abs.parents:
+    for d in dest_paths:
+        if any(_within(d, r) for r in roots):
             raise DestinationError(
                 "destination is inside the source directory",
                 str(dest),
                 "write the output outside the source checkpoint",
             )
-    if dest_abs.exists() or dest_abs.is_symlink():
+        if any(_within(p, d) for p in protected | roots):
+            raise DestinationError(
+                "destination contains the source checkpoint",
+                str(dest),
+                "write the output somewhere that does not hold the source",
+            )
+    if dest.is_symlink():
+        raise DestinationError(
+            "destination is a symbolic link", str(dest), "give the real path, or remove the link"
+        )
+    if dest.exists():
         if not overwrite:
             raise DestinationError(
                 "destination already exists", str(dest), "choose a new path or pass --overwrite"
             )
-        if dest.suffix == ".safetensors" and dest_abs.is_dir():
+        if dest.is_dir():
+            if is_single_file(dest):
+                raise DestinationError(
+                    "destination ends in .safetensors but is a directory",
+                    str(dest),
+                    "remove it or choose another path",
+                )
+            check_replaceable(dest, written_by_ckptsurgeon(dest) or set())
+        elif not dest.is_file() or not is_weight_file(dest.name):
             raise DestinationError(
-                "destination ends in .safetensors but is a directory",
+                "destination is a file that is not a checkpoint; --overwrite replaces only "
+                "checkpoints",
                 str(dest),
-                "remove it or choose another path",
+                "remove it by hand if you mean to replace it, or choose another path",
             )
-    parent = dest_abs.parent
+        elif not is_single_file(dest):
+            raise DestinationError(
+                "destination is a file but the output is a directory",
+                str(dest),
+                "give a DEST ending in .safetensors, or another path",
+            )
+    parent = Path(os.path.abspath(dest)).parent
     if not parent.is_dir():
         raise DestinationError(
             "the destination's parent directory does not exist",
@@ -216,6 +276,7 @@ def write_safetensors(
         pos = len(header)
         kicked = 0
         for t in ordered:
+            interrupts.check()  # an interrupt whose exception something swallowed
             emit(t, fd)
             pos += t.nbytes
             if pos - kicked >= KICK_BYTES:
@@ -266,23 +327,6 @@ def _start_writeback(fd: int) -> None:
         _SYNC_FILE_RANGE(fd, 0, 0, 2)  # SYNC_FILE_RANGE_WRITE
 
 
-def copy_extra_files(src: Checkpoint, target_dir: Path) -> list[str]:
-    """Copy every non-weight file and subfolder of the source root (config, tokenizer, modules)."""
-    if src.root is None:
-        return []
-    copied: list[str] = []
-    for entry in sorted(src.root.iterdir(), key=lambda p: p.name):
-        if entry.name.endswith((TMP_SUFFIX, OLD_SUFFIX)):
-            continue
-        if entry.is_dir():
-            shutil.copytree(entry, target_dir / entry.name, symlinks=False)
-            copied.append(entry.name + "/")
-        elif entry.is_file() and not is_weight_file(entry.name):
-            shutil.copyfile(entry, target_dir / entry.name)
-            copied.append(entry.name)
-    return copied
-
-
 def write_checkpoint(
     src: Checkpoint,
     dest: str | os.PathLike[str],
@@ -292,41 +336,53 @@ def write_checkpoint(
     *,
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
     overwrite: bool = False,
+    side_files: SideFiles | None = None,
 ) -> WriteResult:
     """Write ``tensors`` as a new safetensors checkpoint at ``dest``, atomically, and verify it.
 
     ``dest`` ending in ``.safetensors`` is a single file; anything else is a directory in the
-    Hugging Face layout (sharded past ``max_shard_size``), with the source's other files copied.
+    Hugging Face layout (sharded past ``max_shard_size``), with the source's other files copied
+    as ``side_files`` says (planned from the source when not given). SIGINT, SIGTERM and SIGHUP
+    end the write with nothing published and the temporary removed.
     """
     dest = Path(dest)
     check_destination(src, dest, overwrite)
+    single = is_single_file(dest)
+    side = SideFiles() if single else side_files
+    if side is None:
+        side = plan_side_files(src.root, src.own_files)
     meta = {"format": "pt", **metadata}
+    if not single:
+        meta = _record_copied(meta, [e.rstrip("/") for e in side.top_level])
     tmp = dest.parent / f".{dest.name}{TMP_SUFFIX}"
-    _remove(tmp)  # a temp left by a killed run
-    try:
-        if is_single_file(dest):
-            write_safetensors(tmp, tensors, meta, emit)
-            files: tuple[str, ...] = (dest.name,)
-            copied: list[str] = []
-            _verify(tmp, tensors)
-        else:
-            tmp.mkdir()
-            files = _write_dir(tmp, shard_groups(tensors, dest, max_shard_size), meta, emit)
-            copied = copy_extra_files(src, tmp)
-            _verify(tmp, tensors)
-            _fsync_dir(tmp)
-        src.check_unchanged()
-        _publish(tmp, dest, overwrite)
-    except BaseException as exc:
-        _remove(tmp)
-        if isinstance(exc, OSError) and not isinstance(exc, CkptSurgeonError):
-            raise _write_error(exc, dest) from exc
-        raise
+    with interrupts.guard():
+        _remove(tmp)  # a temp left by a killed run
+        try:
+            if single:
+                write_safetensors(tmp, tensors, meta, emit)
+                files: tuple[str, ...] = (dest.name,)
+                _verify(tmp, tensors)
+            else:
+                tmp.mkdir()
+                files = _write_dir(tmp, shard_groups(tensors, dest, max_shard_size), meta, emit)
+                copy_side_files(side, tmp)
+                _verify(tmp, tensors)
+                _fsync_dir(tmp)
+            src.check_unchanged()
+            if overwrite:
+                check_destination(src, dest, overwrite)  # what appeared at DEST meanwhile
+            with interrupts.publishing():
+                _publish(tmp, dest, overwrite)
+        except BaseException as exc:
+            _remove(tmp)
+            if isinstance(exc, OSError) and not isinstance(exc, CkptSurgeonError):
+                raise _write_error(exc, dest) from exc
+            raise
     _fsync_dir(dest.parent)
     return WriteResult(
         destination=dest,
         files=files,
-        copied=tuple(copied),
+        copied=tuple(side.top_level),
         total_bytes=sum(t.nbytes for t in tensors),
         tensors=len(tensors),
     )

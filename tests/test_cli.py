@@ -70,7 +70,9 @@ def test_inspect_json_and_stats(model_store):
             "nan",
             "inf",
         }
-    assert obj["total_params"] == sum(t["params"] for t in obj["tensors"])
+    # each tied group counts once: aliases share their canonical tensor's storage
+    assert obj["total_params"] == sum(t["params"] for t in obj["tensors"] if "tied_to" not in t)
+    assert obj["tied"]["cls.predictions.decoder.weight"] == "bert.embeddings.word_embeddings.weight"
 
 
 def test_stats_values(tmp_path):

@@ -466,3 +466,86 @@ def test_fuzz_mutated_index_files(src_copy, tmp_path):
         assert not [p for p in tmp_path.iterdir() if "ckptsurgeon" in p.name]
     index.write_text(original)
     assert errors > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Signals: SIGINT, SIGTERM and SIGHUP leave nothing behind, whenever they arrive
+
+
+@pytest.mark.parametrize(
+    ("sig", "status", "message"),
+    [
+        (signal.SIGTERM, 143, "Error: terminated by SIGTERM; nothing was written"),
+        (signal.SIGHUP, 129, "Error: terminated by SIGHUP; nothing was written"),
+        (signal.SIGINT, 130, "Error: interrupted; nothing was written"),
+    ],
+)
+def test_signal_mid_write_removes_the_temp_and_publishes_nothing(tmp_path, sig, status, message):
+    src = _synthetic(tmp_path / "src", 8, 6_000_000)  # 192 MB to re-initialise: seconds
+    out = tmp_path / "out"
+    out.mkdir()
+    dest = out / "dest"
+    cmd = [sys.executable, "-m", "ckptsurgeon", "reinit", src, dest, "-p", "encoder.*"]
+    proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    tmp = out / ".dest.ckptsurgeon-tmp"
+    while proc.poll() is None and not tmp.exists() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    assert proc.poll() is None, "finished before the signal; make the job bigger"
+    time.sleep(0.1)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == status, err
+    assert err.decode().strip().splitlines() == [message]
+    assert leftovers(out) == [] and not dest.exists()
+
+
+def test_an_interrupt_swallowed_by_other_code_still_stops_publication(model_store, tmp_path):
+    """``import torch`` can swallow a KeyboardInterrupt and carry on: the recorded signal is
+    checked before publishing, so the job still ends with nothing published."""
+    dest = tmp_path / "out"
+    script = (
+        "import os, signal, sys, time\n"
+        "import ckptsurgeon.surgery as s\n"
+        "real = s.open_checkpoint\n"
+        "def swallowing(path):\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "        time.sleep(1)\n"
+        "    except KeyboardInterrupt:\n"
+        "        pass  # what import torch does at some moments\n"
+        "    return real(path)\n"
+        "s.open_checkpoint = swallowing\n"
+        "from ckptsurgeon.cli import main\n"
+        "main()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, "convert", str(model_store("bert", "bin")), str(dest)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "Error: interrupted; nothing was written"
+    assert not dest.exists() and leftovers(tmp_path) == []
+
+
+def test_ctrl_c_at_any_moment_of_a_bin_job_publishes_nothing(model_store, tmp_path):
+    src = model_store("bert", "bin")
+    dest = tmp_path / "out"
+    cmd = [sys.executable, "-m", "ckptsurgeon", "convert", str(src), str(dest)]
+    durations = []
+    for _ in range(2):
+        start = time.monotonic()
+        subprocess.run(cmd, check=True, capture_output=True)
+        durations.append(time.monotonic() - start)
+        shutil.rmtree(dest)
+    whole = min(durations)
+    for i in range(12):  # spread over the first 60% of a job, torch's import included
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(whole * 0.6 * i / 12)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        # -2: the signal came before Python had set up its handlers at all
+        assert proc.returncode in (130, -signal.SIGINT), (i, proc.returncode, err)
+        assert not dest.exists() and leftovers(tmp_path) == [], i

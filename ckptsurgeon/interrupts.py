@@ -1,0 +1,117 @@
+"""Interrupts: SIGINT, SIGTERM and SIGHUP end a job with nothing published.
+
+A signal handler both *records* the signal and raises, so that the writer's clean-up runs. The
+record matters because an exception raised at an arbitrary moment can be swallowed by code we do
+not control (``import torch`` catches it at some points and carries on): the writer checks the
+record before it publishes, so an interrupt at any moment ends with nothing published.
+
+The CLI installs the handlers at start-up (:func:`install`); the library installs them around a
+write (:func:`guard`) when the program has not set handlers of its own.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+SIGNALS = tuple(
+    s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP")) if s is not None
+)
+
+_received: int | None = None
+_critical = False
+
+
+class Terminated(BaseException):
+    """Raised for SIGTERM or SIGHUP (SIGINT raises :class:`KeyboardInterrupt`, as usual).
+
+    A ``BaseException`` like ``KeyboardInterrupt``: ``except Exception`` does not catch it."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+def _handler(signum: int, frame: Any) -> None:
+    global _received
+    _received = signum
+    if _critical:  # publishing: finish it; the output is then complete
+        return
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated(signum)
+
+
+def received() -> int | None:
+    """The signal received since :func:`reset`, if any."""
+    return _received
+
+
+def reset() -> None:
+    global _received
+    _received = None
+
+
+def check() -> None:
+    """Raise if a signal arrived, even if the exception it raised was swallowed."""
+    if _received is not None:
+        if _received == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Terminated(_received)
+
+
+@contextmanager
+def publishing() -> Iterator[None]:
+    """Run the final rename(s) without being interrupted half-way.
+
+    A signal received before is raised now; one received during is recorded and not raised:
+    once the rename is done, the output is complete and the job has succeeded."""
+    global _critical
+    check()
+    _critical = True
+    try:
+        yield
+    finally:
+        _critical = False
+        reset()
+
+
+def install() -> None:
+    """Handle SIGINT, SIGTERM and SIGHUP from now on (main thread only; a no-op elsewhere).
+
+    A signal that the parent set to be ignored (``nohup``) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in SIGNALS:
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _handler)
+
+
+@contextmanager
+def guard() -> Iterator[None]:
+    """Handle the signals while a write runs, where the program left Python's defaults."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    defaults = (signal.SIG_DFL, signal.default_int_handler)
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    mine = [s for s, h in previous.items() if h in defaults]
+    if mine:
+        reset()  # a record left by an earlier write whose exception the caller handled
+    for signum in mine:
+        signal.signal(signum, _handler)
+    try:
+        yield
+    finally:
+        for signum in mine:
+            signal.signal(signum, previous[signum])
+
+
+def exit_status(exc: BaseException) -> int:
+    """The shell's convention: 128 + the signal's number."""
+    if isinstance(exc, Terminated):
+        return 128 + exc.signum
+    return 128 + int(signal.SIGINT)
