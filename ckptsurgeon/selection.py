@@ -101,40 +101,28 @@ def resolve_selection(
 
     When nothing matches and every name carries a wrapper prefix (``module.``), the error says
     to pass ``--strip-prefix``."""
+    include = list(as_patterns(patterns))
     try:
-        return _resolve(names, patterns, exclude, top_layers, pooler, config, where)
+        if top_layers is not None:
+            include += top_layer_patterns(names, top_layers, config, where)
+        if pooler:
+            if not any(n for n in names if _is_pooler(n)):
+                raise SelectionError(
+                    "no pooler found (looked for '*pooler.dense.*')",
+                    where,
+                    "this checkpoint has no pooler; drop --pooler",
+                )
+            include.append(POOLER_PATTERN)
+        if not include:
+            raise SelectionError(
+                "nothing selected", where, "give -p PATTERN, --top-layers N or --pooler"
+            )
+        return select(names, include, exclude)
     except (PatternError, SelectionError) as exc:
         hint = wrapper_hint(names)
         if not hint:
             raise
         raise type(exc)(exc.what, exc.where, f"{hint}; or {exc.hint}") from None
-
-
-def _resolve(
-    names: Sequence[str],
-    patterns: Sequence[str],
-    exclude: Sequence[str],
-    top_layers: int | None,
-    pooler: bool,
-    config: dict[str, Any] | None,
-    where: str,
-) -> list[str]:
-    include = list(as_patterns(patterns))
-    if top_layers is not None:
-        include += top_layer_patterns(names, top_layers, config, where)
-    if pooler:
-        if not any(n for n in names if _is_pooler(n)):
-            raise SelectionError(
-                "no pooler found (looked for '*pooler.dense.*')",
-                where,
-                "this checkpoint has no pooler; drop --pooler",
-            )
-        include.append(POOLER_PATTERN)
-    if not include:
-        raise SelectionError(
-            "nothing selected", where, "give -p PATTERN, --top-layers N or --pooler"
-        )
-    return select(names, include, exclude)
 
 
 def _is_pooler(name: str) -> bool:

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from conftest import peak_rss_mib
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_format_and_reader import BAD_HEADERS, write_raw
 
 from ckptsurgeon import CorruptCheckpointError, convert, drop, open_checkpoint, reinit
@@ -549,3 +551,88 @@ def test_ctrl_c_at_any_moment_of_a_bin_job_publishes_nothing(model_store, tmp_pa
         # -2: the signal came before Python had set up its handlers at all
         assert proc.returncode in (130, -signal.SIGINT), (i, proc.returncode, err)
         assert not dest.exists() and leftovers(tmp_path) == [], i
+
+
+# ---------------------------------------------------------------------------------------------
+# Fuzzed hostile source trees: links in and out, loops, FIFOs, stale weights
+
+
+_KINDS = [
+    "file",
+    "weight",
+    "dir",
+    "link-secret",
+    "link-outside-dir",
+    "link-inside-file",
+    "link-inside-dir",
+    "link-ancestor",
+    "link-broken",
+    "fifo",
+]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    entries=st.lists(
+        st.tuples(st.sampled_from(_KINDS), st.integers(0, 3), st.sampled_from("abcdef")),
+        max_size=14,
+    )
+)
+def test_fuzz_hostile_source_trees(model_store, entries):
+    """Whatever the tree beside the weights holds, DEST gets only regular files whose bytes come
+    from inside SRC, no stale weights, no links; nothing hangs; SRC is unchanged."""
+    import tempfile
+
+    base_model = model_store("bert")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        secret = tmp_path / "secret.txt"
+        secret.write_text("SECRET-BYTES\n")
+        (tmp_path / "outside").mkdir()
+        (tmp_path / "outside" / "key.pem").write_text("SECRET-BYTES\n")
+        src = tmp_path / "src"
+        shutil.copytree(base_model, src)
+        folders = [src]
+        for kind, where, name in entries:
+            parent = folders[where % len(folders)]
+            path = parent / f"{kind}-{name}"
+            if path.exists() or path.is_symlink():
+                continue
+            if kind == "file":
+                path.write_text(f"inside {name}\n")
+            elif kind == "weight":
+                (parent / f"{name}.bin").write_bytes(b"stale")
+            elif kind == "dir":
+                path.mkdir()
+                folders.append(path)
+            elif kind == "link-secret":
+                path.symlink_to(secret)
+            elif kind == "link-outside-dir":
+                path.symlink_to(tmp_path / "outside")
+            elif kind == "link-inside-file":
+                path.symlink_to(src / "config.json")
+            elif kind == "link-inside-dir":
+                path.symlink_to(folders[-1])
+            elif kind == "link-ancestor":
+                path.symlink_to(parent if name in "abc" else src)
+            elif kind == "link-broken":
+                path.symlink_to(src / "missing")
+            else:
+                os.mkfifo(path)
+        before = tree_hash(src)
+        dest = tmp_path / "out"
+        previous = signal.signal(signal.SIGALRM, lambda *a: (_ for _ in ()).throw(TimeoutError()))
+        signal.alarm(30)
+        try:
+            convert(src, dest)
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+        assert tree_hash(src) == before
+        for p in dest.rglob("*"):
+            assert not p.is_symlink(), p
+            if p.is_file():
+                assert b"SECRET" not in p.read_bytes(), p
+                if p.parent == dest:
+                    assert p.name == "model.safetensors" or not p.name.endswith(".bin"), p
+        assert leftovers(tmp_path) == []
