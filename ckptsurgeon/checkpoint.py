@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import re
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
@@ -408,8 +409,29 @@ def _open_dir(d: Path) -> Checkpoint:
     )
 
 
+def require_regular_file(p: Path) -> None:
+    """Refuse a FIFO, socket or device before opening it (opening a FIFO blocks forever)."""
+    mode = os.stat(p).st_mode
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a FIFO"
+            if stat.S_ISFIFO(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "not a regular file"
+        )
+        raise UnsupportedFormatError(
+            f"not a checkpoint file: it is {kind}, which is never opened",
+            str(p),
+            "give a checkpoint file or model directory",
+        )
+
+
 def _open_file(p: Path) -> Checkpoint:
     name = p.name
+    require_regular_file(p)
     if name.endswith(".index.json"):
         ckpt = _open_index(p)
         ckpt.root = p.parent
@@ -438,6 +460,7 @@ def _stamp(p: Path) -> tuple[int, int]:
 
 
 def _open_safetensors(p: Path) -> Checkpoint:
+    require_regular_file(p)
     header = read_header(p)
     infos = [
         TensorInfo(e.name, e.dtype, e.shape, e.end - e.begin, str(p), header.data_start + e.begin)
@@ -456,6 +479,7 @@ def _open_safetensors(p: Path) -> Checkpoint:
 def _open_torch(p: Path) -> Checkpoint:
     from .torch_bin import list_torch_file
 
+    require_regular_file(p)
     infos, aliases, notes = list_torch_file(p)
     return Checkpoint(
         path=p,
@@ -489,6 +513,7 @@ def _check_shard_name(index: Path, shard: Any) -> str:
 
 
 def _open_index(index: Path) -> Checkpoint:
+    require_regular_file(index)
     try:
         obj = json.loads(index.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:

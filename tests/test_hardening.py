@@ -636,3 +636,36 @@ def test_fuzz_hostile_source_trees(model_store, entries):
                 if p.parent == dest:
                     assert p.name == "model.safetensors" or not p.name.endswith(".bin"), p
         assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("make", "where", "kind"),
+    [
+        (lambda d: os.mkfifo(d / "src"), "src", "a FIFO"),
+        (lambda d: os.mkfifo(d / "src.safetensors"), "src.safetensors", "a FIFO"),
+        (
+            lambda d: ((d / "src").mkdir(), os.mkfifo(d / "src" / "model.safetensors")),
+            "src/model.safetensors",
+            "a FIFO",
+        ),
+        (
+            lambda d: ((d / "src").mkdir(), os.mkfifo(d / "src" / "pytorch_model.bin")),
+            "src/pytorch_model.bin",
+            "a FIFO",
+        ),
+        (lambda d: (d / "src").symlink_to("/dev/zero"), "src", "a device"),
+    ],
+)
+def test_fifo_or_device_as_weights_is_refused_without_opening(tmp_path, make, where, kind):
+    make(tmp_path)
+    src = tmp_path / ("src.safetensors" if where == "src.safetensors" else "src")
+    for args in (["inspect", src], ["convert", src, tmp_path / "out"], ["diff", src, src]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "ckptsurgeon", *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=60,  # opening a FIFO would block forever
+        )
+        assert_clean_error(proc.returncode, proc.stderr, f"it is {kind}, which is never opened")
+        assert f"({tmp_path / where})" in proc.stderr
+    assert not (tmp_path / "out").exists()
