@@ -12,6 +12,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .api import Result, apply, cast, convert, drop, reinit, rename
 from .checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from .diff import DiffResult, diff
 from .errors import (
@@ -21,6 +22,7 @@ from .errors import (
     DestinationError,
     InitRuleError,
     PatternError,
+    RecipeError,
     SelectionError,
     UnsafePickleError,
     UnsupportedFormatError,
@@ -28,8 +30,9 @@ from .errors import (
     WriteError,
 )
 from .inspection import Inspection, inspect
+from .plan import Plan
+from .recipe import Recipe
 from .sizes import parse_size
-from .surgery import Plan, Result, convert, drop, reinit
 
 __all__ = [
     "Checkpoint",
@@ -42,6 +45,8 @@ __all__ = [
     "Inspection",
     "PatternError",
     "Plan",
+    "Recipe",
+    "RecipeError",
     "Result",
     "SelectionError",
     "TensorInfo",
@@ -50,6 +55,8 @@ __all__ = [
     "VerificationError",
     "WriteError",
     "__version__",
+    "apply",
+    "cast",
     "convert",
     "diff",
     "drop",
@@ -57,4 +64,5 @@ __all__ = [
     "open_checkpoint",
     "parse_size",
     "reinit",
+    "rename",
 ]

@@ -8,56 +8,48 @@ imported). Tensor bytes are read later, in chunks, through :meth:`Checkpoint.rea
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .config import read_config
-from .dtypes import numel_of
 from .errors import (
     CheckpointNotFoundError,
     CkptSurgeonError,
     ConfigError,
     CorruptCheckpointError,
     SelectionError,
-    SourceReadError,
     UnsupportedFormatError,
 )
 from .safetensors_format import read_header
+from .tensorio import (
+    SafetensorsReader,
+    TensorInfo,
+    TensorReader,
+    read_error,
+    write_all,
+)
+
+__all__ = [
+    "Checkpoint",
+    "TensorInfo",
+    "TensorReader",
+    "open_checkpoint",
+    "read_error",
+    "strip_prefixes",
+    "write_all",
+]
 
 SAFE_SINGLE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 BIN_SINGLE = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """One tensor as listed by a checkpoint: no bytes, just where to find them."""
-
-    name: str
-    dtype: str  # safetensors name: F32, BF16, I64...
-    shape: tuple[int, ...]
-    nbytes: int
-    file: str
-    offset: int | None = None  # absolute file offset of the bytes, where known
-    stored_name: str | None = None  # the name in the file, when renamed (--strip-prefix)
-
-    @property
-    def key(self) -> str:
-        """The name under which the file stores this tensor."""
-        return self.stored_name or self.name
-
-    @property
-    def params(self) -> int:
-        return numel_of(self.shape)
 
 
 @dataclass
@@ -115,10 +107,10 @@ class Checkpoint:
     def reader(self) -> TensorReader:
         """A context manager that streams tensor bytes: ``with ckpt.reader() as r: ...``."""
         if self.format == "safetensors":
-            return SafetensorsReader(self)
+            return SafetensorsReader(self.check_unchanged)
         from .torch_bin import BinReader
 
-        return BinReader(self)
+        return BinReader(self.check_unchanged)
 
     def check_unchanged(self, fname: str | None = None, st: os.stat_result | None = None) -> None:
         """Raise if a source file changed (size or mtime) since it was opened: every file, or
@@ -137,121 +129,6 @@ class Checkpoint:
                     name,
                     "wait until whatever writes it has finished, then run again",
                 )
-
-
-class TensorReader:
-    """Streams tensor bytes. Subclasses implement :meth:`chunks`; :meth:`copy_to` may be faster."""
-
-    def __init__(self, ckpt: Checkpoint) -> None:
-        self.ckpt = ckpt
-
-    def __enter__(self) -> TensorReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        pass
-
-    def chunks(self, info: TensorInfo, chunk_bytes: int = 8 << 20) -> Iterator[bytes | memoryview]:
-        raise NotImplementedError
-
-    def read(self, info: TensorInfo) -> bytes:
-        """All bytes of one tensor (only for small tensors; prefer :meth:`chunks`)."""
-        return b"".join(bytes(c) for c in self.chunks(info))
-
-    def copy_to(self, info: TensorInfo, fd: int) -> None:
-        for chunk in self.chunks(info):
-            write_all(fd, chunk)
-
-
-def write_all(fd: int, data: memoryview | bytes) -> None:
-    """Write every byte of ``data`` to ``fd`` (``os.write`` may write less than asked)."""
-    view = memoryview(data)
-    while view.nbytes:
-        view = view[os.write(fd, view) :]
-
-
-# errors of copy_file_range that mean "not here": fall back to read/write
-_NO_COPY_RANGE = {
-    errno.EXDEV,
-    errno.ENOSYS,
-    errno.EINVAL,
-    errno.EOPNOTSUPP,
-    errno.EBADF,
-    errno.EPERM,
-}
-
-
-class SafetensorsReader(TensorReader):
-    def __init__(self, ckpt: Checkpoint) -> None:
-        super().__init__(ckpt)
-        self._fds: dict[str, int] = {}
-        self._fast_copy = hasattr(os, "copy_file_range")
-
-    def _fd(self, fname: str) -> int:
-        fd = self._fds.get(fname)
-        if fd is None:
-            try:
-                fd = os.open(fname, os.O_RDONLY)
-            except OSError as exc:
-                raise read_error(exc, fname) from exc
-            self._fds[fname] = fd
-            self.ckpt.check_unchanged(fname, os.fstat(fd))
-        return fd
-
-    def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
-
-    def chunks(self, info: TensorInfo, chunk_bytes: int = 8 << 20) -> Iterator[bytes | memoryview]:
-        assert info.offset is not None
-        fd = self._fd(info.file)
-        pos, end = info.offset, info.offset + info.nbytes
-        while pos < end:
-            try:
-                data = os.pread(fd, min(chunk_bytes, end - pos), pos)
-            except OSError as exc:
-                raise read_error(exc, info.file) from exc
-            if not data:
-                raise CorruptCheckpointError(
-                    "file ended early while reading tensor " + repr(info.name),
-                    info.file,
-                    "the file was truncated; re-download or re-export it",
-                )
-            pos += len(data)
-            yield data  # bytes: compares with memcmp, decodes with np.frombuffer
-
-    def copy_to(self, info: TensorInfo, fd: int) -> None:
-        """Copy bytes file-to-file in the kernel (``copy_file_range``), no user-space buffer."""
-        assert info.offset is not None
-        if not self._fast_copy:
-            return super().copy_to(info, fd)
-        src = self._fd(info.file)
-        pos, remaining = info.offset, info.nbytes
-        while remaining:
-            try:
-                n = os.copy_file_range(src, fd, min(remaining, 1 << 30), pos)
-            except OSError as exc:
-                if exc.errno not in _NO_COPY_RANGE:
-                    raise
-                # cross-device or unsupported file system: fall back to plain reads and writes
-                self._fast_copy = False
-                rest = TensorInfo(info.name, info.dtype, (remaining,), remaining, info.file, pos)
-                for chunk in self.chunks(rest):
-                    write_all(fd, chunk)
-                return None
-            if n == 0:
-                raise CorruptCheckpointError(
-                    "file ended early while copying tensor " + repr(info.name),
-                    info.file,
-                    "the file was truncated; re-download or re-export it",
-                )
-            pos += n
-            remaining -= n
-        return None
 
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -291,10 +168,16 @@ def _dotted_prefix(prefix: str, names: Sequence[str], where: str) -> str:
 
 def normalise_prefixes(ckpt: Checkpoint, prefixes: str | Sequence[str]) -> list[str]:
     """``--strip-prefix`` values as they will be applied (``module`` -> ``module.``)."""
+    return normalise_name_prefixes(prefixes, [*ckpt.names, *ckpt.aliases], str(ckpt.path))
+
+
+def normalise_name_prefixes(
+    prefixes: str | Sequence[str], names: Sequence[str], where: str
+) -> list[str]:
+    """``module`` means ``module.`` when every one of ``names`` starts with ``module.``."""
     if isinstance(prefixes, str):
         prefixes = (prefixes,)
-    every = [*ckpt.names, *ckpt.aliases]
-    return [_dotted_prefix(p, every, str(ckpt.path)) for p in prefixes]
+    return [_dotted_prefix(p, names, where) for p in prefixes]
 
 
 def strip_prefixes(ckpt: Checkpoint, prefixes: str | Sequence[str]) -> Checkpoint:
@@ -366,16 +249,6 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     return ckpt
 
 
-def read_error(exc: OSError, path: object) -> SourceReadError:
-    """A source file that exists but cannot be read, as a one-line error."""
-    reason = exc.strerror or type(exc).__name__
-    return SourceReadError(
-        f"cannot read the checkpoint ({reason.lower()})",
-        str(path),
-        "check the file's permissions and that the disk is healthy",
-    )
-
-
 def _open_dir(d: Path) -> Checkpoint:
     for fname, opener in (
         (SAFE_SINGLE, _open_safetensors),
@@ -412,7 +285,7 @@ def _open_dir(d: Path) -> Checkpoint:
 def require_regular_file(p: Path) -> None:
     """Refuse a FIFO, socket or device before opening it (opening a FIFO blocks forever)."""
     mode = os.stat(p).st_mode
-    if not stat.S_ISREG(mode):
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):  # a directory: said by the caller
         kind = (
             "a FIFO"
             if stat.S_ISFIFO(mode)
@@ -420,7 +293,7 @@ def require_regular_file(p: Path) -> None:
             if stat.S_ISSOCK(mode)
             else "a device"
             if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-            else "not a regular file"
+            else "not a regular file"  # pragma: no cover - no other kind of file exists
         )
         raise UnsupportedFormatError(
             f"not a checkpoint file: it is {kind}, which is never opened",

@@ -18,6 +18,8 @@ import click
 from . import __version__, interrupts
 from .dtypes import numel_of
 from .errors import CkptSurgeonError
+from .ops import OPERATIONS, Operation, Option
+from .ops.base import EXCLUDE, PATTERNS, STRIP_PREFIX
 from .sizes import format_size, parse_size
 
 EXIT_ERROR = 2
@@ -133,7 +135,8 @@ def emit_json(obj: Any) -> None:
 @click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
-    """Offline surgery on transformer checkpoints: inspect, convert, drop, reinit, diff.
+    """Offline surgery on transformer checkpoints: inspect, convert, drop, reinit, cast, rename,
+    apply (several in one pass), diff.
 
     SRC is a model directory (safetensors first, then pytorch_model.bin, sharded or not) or a
     single .safetensors, .index.json, .bin, .pt or .pth file. Patterns are globs over full tensor
@@ -141,50 +144,6 @@ def main(ctx: click.Context, debug: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
-
-
-def _patterns_option(f: Any) -> Any:
-    return click.option(
-        "-p",
-        "--pattern",
-        "patterns",
-        multiple=True,
-        metavar="PATTERN",
-        help="Glob over full tensor names, brace expansion allowed; repeat for a union.",
-    )(f)
-
-
-def _exclude_option(f: Any) -> Any:
-    return click.option(
-        "-x",
-        "--exclude",
-        multiple=True,
-        metavar="PATTERN",
-        help="Glob of tensors to leave out of the selection; repeatable.",
-    )(f)
-
-
-def _write_options(f: Any) -> Any:
-    f = click.option(
-        "--strip-prefix",
-        multiple=True,
-        metavar="P",
-        help="Remove prefix P (e.g. 'module.' of DDP, '_orig_mod.' of torch.compile) from "
-        "names before selecting and writing; repeatable.",
-    )(f)
-    f = click.option(
-        "--overwrite",
-        is_flag=True,
-        help="Replace DEST if it is a checkpoint (never SRC or a folder that holds it).",
-    )(f)
-    f = click.option(
-        "--max-shard-size",
-        type=SizeType(),
-        default="5GB",
-        show_default=True,
-        help="Largest shard of a directory DEST; KB/MB/GB are powers of 1000, KiB/MiB/GiB of 1024.",
-    )(f)
-    return f
 
 
 def _shape(shape: Sequence[int]) -> str:
@@ -205,9 +164,144 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.4g}"
 
 
+def _click_option(opt: Option, *, key: str | None = None) -> Any:
+    """The click option for one operation option (its single definition in ``ops``)."""
+    kwargs: dict[str, Any] = {"help": opt.help, "metavar": opt.metavar}
+    if opt.kind in ("patterns", "strings"):
+        kwargs["multiple"] = True
+    elif opt.kind == "pairs":
+        kwargs.update(multiple=True, nargs=2)
+    elif opt.kind == "bool":
+        kwargs = {"help": opt.help, "is_flag": True}
+    elif opt.kind == "choice":
+        kwargs.update(type=click.Choice(opt.choices), metavar=None)
+    elif opt.kind == "int":
+        kwargs["type"] = click.IntRange(
+            None if opt.minimum is None else int(opt.minimum),
+            None if opt.maximum is None else int(opt.maximum),
+        )
+    elif opt.kind == "float":
+        kwargs["type"] = click.FloatRange(min=opt.minimum, min_open=opt.min_open)
+    if opt.default is not None and opt.kind != "bool":
+        kwargs.update(default=opt.default, show_default=True)
+    if opt.required:
+        kwargs["required"] = True
+    return click.option(*opt.flags, key or opt.key, **kwargs)
+
+
+def _write_options(f: Any) -> Any:
+    f = click.option("--json", "as_json", is_flag=True, help="Print the plan/result as JSON.")(f)
+    f = click.option(
+        "--overwrite",
+        is_flag=True,
+        help="Replace DEST if it is a checkpoint (never SRC or a folder that holds it).",
+    )(f)
+    f = click.option(
+        "--max-shard-size",
+        type=SizeType(),
+        default="5GB",
+        show_default=True,
+        help="Largest shard of a directory DEST; KB/MB/GB are powers of 1000, KiB/MiB/GiB of 1024.",
+    )(f)
+    f = click.option(
+        "--dry-run", is_flag=True, help="Check SRC and DEST, print the plan, write nothing."
+    )(f)
+    return f
+
+
+# The help below the first line of each verb (the first line is the operation's summary).
+_DETAILS = {
+    "convert": "DEST ending in .safetensors is written as that single file; otherwise DEST is a "
+    "model directory (sharded past --max-shard-size) with SRC's other files copied beside the "
+    "weights.",
+    "reinit": "Rules: LayerNorm weight 1, bias 0; every other bias 0; embeddings N(0, std) with "
+    "the padding row zeroed; every other floating weight of rank >= 2 N(0, std). Integer "
+    "buffers are skipped. Unselected tensors are copied bit for bit.",
+    "cast": "Default: every floating tensor; -p/-x narrow it. Integer and bool tensors are "
+    "never cast. Values are bit-identical to torch's tensor.to(dtype) (round to nearest even, "
+    "NaN and Inf kept); config.json's dtype is set when every floating tensor ends up cast.",
+    "rename": "In this order: --strip-prefix, each --sub, --add-prefix. Tied aliases are renamed "
+    "with their canonical tensor. Two names becoming one, an empty name and a rename that "
+    "changes nothing are errors.",
+}
+
+
+def _verb_command(operation: Operation) -> None:
+    """Add the CLI verb of an operation: SRC DEST, its options, the write options."""
+    flags = {o.key: o.flags[-1] for o in operation.options}
+    takes_strip = operation.name in ("convert", "drop", "reinit")
+
+    def callback(
+        src: str,
+        dest: str,
+        dry_run: bool,
+        max_shard_size: int,
+        overwrite: bool,
+        as_json: bool,
+        **values: Any,
+    ) -> None:
+        from .api import run, verb_recipe
+
+        strip = values.pop("strip_prefix", ()) if takes_strip else ()
+        values = {k: [list(p) for p in v] if k == "sub" else v for k, v in values.items()}
+        values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+        recipe = verb_recipe(operation.name, values, labels=flags)
+        result = run(
+            recipe,
+            src,
+            dest,
+            verb=operation.name,
+            strip_prefix=strip,
+            dry_run=dry_run,
+            max_shard_size=max_shard_size,
+            overwrite=overwrite,
+        )
+        _report(result, as_json, dry_run=dry_run)
+
+    details = _DETAILS.get(operation.name, "")
+    callback.__doc__ = operation.summary + (f"\n\n{details}" if details else "")
+    command: Any = callback
+    command = _write_options(command)
+    if takes_strip:
+        command = _click_option(STRIP_PREFIX)(command)
+    for opt in reversed(operation.options):
+        command = _click_option(opt)(command)
+    command = click.argument("dest", type=click.Path())(command)
+    command = click.argument("src", type=click.Path())(command)
+    main.command(operation.name)(command)
+
+
+for _operation in OPERATIONS.values():
+    _verb_command(_operation)
+
+
+@main.command("apply")
+@click.argument("recipe", type=click.Path())
+@click.argument("src", type=click.Path())
+@click.argument("dest", type=click.Path())
+@_write_options
+def apply_cmd(
+    recipe: str, src: str, dest: str, dry_run: bool, max_shard_size: int, overwrite: bool,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Run the steps of RECIPE (YAML or JSON) over SRC in one streaming pass; write DEST.
+
+    A recipe is `steps:`, a list of `{op: NAME, ...}` whose keys are the verbs' long option
+    names with '-' as '_' (patterns for -p, exclude for -x; lists for repeatable options;
+    rename's sub is a list of [REGEX, REPL] pairs). Steps apply in order, each to the names and
+    dtypes left by the steps before it.
+    """
+    from .api import apply
+
+    result = apply(
+        recipe, src, dest, dry_run=dry_run, max_shard_size=max_shard_size, overwrite=overwrite
+    )
+    _report(result, as_json, dry_run=dry_run)
+
+
 @main.command("inspect")
 @click.argument("src", type=click.Path())
-@_patterns_option
+@_click_option(PATTERNS)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option(
     "--stats", is_flag=True, help="Add mean, std, min, max, NaN and Inf counts (reads the data)."
@@ -257,146 +351,11 @@ def inspect_cmd(src: str, patterns: tuple[str, ...], as_json: bool, stats: bool)
     click.echo(_table(rows, headers))
 
 
-@main.command("convert")
-@click.argument("src", type=click.Path())
-@click.argument("dest", type=click.Path())
-@click.option("--dry-run", is_flag=True, help="Check SRC and DEST, print the plan, write nothing.")
-@_write_options
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def convert_cmd(
-    src: str,
-    dest: str,
-    dry_run: bool,
-    max_shard_size: int,
-    overwrite: bool,
-    strip_prefix: tuple[str, ...],
-    as_json: bool,
-) -> None:
-    """Rewrite SRC as safetensors at DEST with every value unchanged.
-
-    DEST ending in .safetensors is written as that single file; otherwise DEST is a model
-    directory (sharded past --max-shard-size) with SRC's other files copied beside the weights.
-    """
-    from .surgery import convert
-
-    result = convert(
-        src,
-        dest,
-        dry_run=dry_run,
-        max_shard_size=max_shard_size,
-        overwrite=overwrite,
-        strip_prefix=strip_prefix,
-    )
-    _report(result, as_json, dry_run=dry_run)
-
-
-@main.command("reinit")
-@click.argument("src", type=click.Path())
-@click.argument("dest", type=click.Path())
-@_patterns_option
-@click.option(
-    "--top-layers",
-    type=click.IntRange(min=1),
-    metavar="N",
-    help="Select the N highest-numbered encoder layers.",
-)
-@click.option("--pooler", is_flag=True, help="Select the pooler (*pooler.dense.*).")
-@_exclude_option
-@click.option(
-    "--seed",
-    type=click.IntRange(0, 2**63 - 1),
-    default=0,
-    show_default=True,
-    help="Seed; each tensor's values depend only on (seed, tensor name).",
-)
-@click.option(
-    "--std",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Std of normal draws [default: config initializer_range, else 0.02].",
-)
-@click.option("--dry-run", is_flag=True, help="Print the plan and write nothing.")
-@_write_options
-@click.option("--json", "as_json", is_flag=True, help="Print the plan/result as JSON.")
-def reinit_cmd(
-    src: str,
-    dest: str,
-    patterns: tuple[str, ...],
-    top_layers: int | None,
-    pooler: bool,
-    exclude: tuple[str, ...],
-    seed: int,
-    std: float | None,
-    dry_run: bool,
-    max_shard_size: int,
-    overwrite: bool,
-    strip_prefix: tuple[str, ...],
-    as_json: bool,
-) -> None:
-    """Re-initialise selected tensors of SRC with BERT's rules; write DEST.
-
-    Rules: LayerNorm weight 1, bias 0; every other bias 0; embeddings N(0, std) with the
-    padding row zeroed; every other floating weight of rank >= 2 N(0, std). Integer buffers are
-    skipped. Unselected tensors are copied bit for bit.
-    """
-    from .surgery import reinit
-
-    result = reinit(
-        src,
-        dest,
-        patterns,
-        exclude,
-        top_layers=top_layers,
-        pooler=pooler,
-        seed=seed,
-        std=std,
-        dry_run=dry_run,
-        max_shard_size=max_shard_size,
-        overwrite=overwrite,
-        strip_prefix=strip_prefix,
-    )
-    _report(result, as_json, dry_run=dry_run)
-
-
-@main.command("drop")
-@click.argument("src", type=click.Path())
-@click.argument("dest", type=click.Path())
-@_patterns_option
-@_exclude_option
-@click.option("--dry-run", is_flag=True, help="Print the plan and write nothing.")
-@_write_options
-@click.option("--json", "as_json", is_flag=True, help="Print the plan/result as JSON.")
-def drop_cmd(
-    src: str,
-    dest: str,
-    patterns: tuple[str, ...],
-    exclude: tuple[str, ...],
-    dry_run: bool,
-    max_shard_size: int,
-    overwrite: bool,
-    strip_prefix: tuple[str, ...],
-    as_json: bool,
-) -> None:
-    """Write SRC without the selected tensors, so from_pretrained initialises them itself."""
-    from .surgery import drop
-
-    result = drop(
-        src,
-        dest,
-        patterns,
-        exclude,
-        dry_run=dry_run,
-        max_shard_size=max_shard_size,
-        overwrite=overwrite,
-        strip_prefix=strip_prefix,
-    )
-    _report(result, as_json, dry_run=dry_run)
-
-
 @main.command("diff")
 @click.argument("a", type=click.Path())
 @click.argument("b", type=click.Path())
-@_patterns_option
-@_exclude_option
+@_click_option(PATTERNS)
+@_click_option(EXCLUDE)
 @click.option(
     "--atol",
     type=click.FloatRange(min=0),
@@ -523,34 +482,65 @@ def _pair(x: str | None, y: str | None) -> str:
     return f"{x or '-'} -> {y or '-'}"
 
 
+_PAST = {"drop": "dropped", "reinit": "re-initialised", "cast": "cast", "rename": "renamed"}
+
+
+def _summary(plan: Any) -> str:
+    if plan.operation == "convert":
+        return f"{len(plan.tensors)} tensors converted"
+    if plan.operation in _PAST:
+        action = plan.operation
+        changed = [t for t in plan.changed() if _action(plan, t) == action]
+        params = sum(numel_of(t.shape) for t in changed)
+        kept = len(plan.tensors) - (0 if action == "drop" else len(changed))
+        text = f"{len(changed)} tensors {_PAST[action]} ({params:,} parameters), {kept} kept"
+    else:
+        counts = [f"{plan.count(a)} {_PAST[a]}" for a in _PAST if plan.count(a)]
+        text = ", ".join([*counts, f"{plan.count('keep')} kept"])
+    if plan.skipped:
+        text += f", {len(plan.skipped)} skipped"
+    if plan.seed is not None and plan.std is not None:
+        text += f" [seed {plan.seed}, std {plan.std:g}]"
+    return text
+
+
+def _action(plan: Any, t: Any) -> str:
+    return "drop" if t in plan.dropped else str(t.action)
+
+
 def _report(result: Any, as_json: bool, *, dry_run: bool) -> None:
     plan = result.plan
     for w in plan.warnings:
         warn(w)
+    for note in result.notes:
+        warn(note)
     if as_json:
         emit_json(result.to_json())
         return
     changed = plan.changed()
     if dry_run and changed:
-        rows = [[t.name, t.action, t.rule or "-", t.dtype, _shape(t.shape)] for t in changed]
-        click.echo(_table(rows, ["name", "action", "rule", "dtype", "shape"]))
+        rows = [
+            [
+                t.name,
+                _action(plan, t),
+                "-" if t in plan.dropped else t.describe(),
+                t.dtype,
+                _shape(t.shape),
+            ]
+            for t in changed
+        ]
+        click.echo(_table(rows, ["name", "action", "source", "dtype", "shape"]))
     elif changed:
-        groups = group_names([t.name for t in changed])
-        click.echo(f"{plan.operation}: " + ", ".join(f"{g} ({n})" for g, n in groups.items()))
+        for action in _PAST:
+            names = [t.name for t in changed if _action(plan, t) == action]
+            if names:
+                groups = group_names(names)
+                click.echo(f"{action}: " + ", ".join(f"{g} ({n})" for g, n in groups.items()))
+    for e in plan.config_edits:
+        click.echo(f"config.json: {e.key}: {json.dumps(e.old)} -> {json.dumps(e.new)}")
     for s in plan.skipped:
         click.echo(f"skipped {s.name}: {s.reason}")
-    params = sum(numel_of(t.shape) for t in changed)
-    verb = {"reinit": "re-initialised", "drop": "dropped", "convert": "converted"}[plan.operation]
-    if plan.operation == "convert":
-        summary = f"{len(plan.tensors)} tensors converted"
-    else:
-        summary = (
-            f"{len(changed)} tensors {verb} ({params:,} parameters), {plan.count('keep')} kept"
-        )
-    if plan.skipped:
-        summary += f", {len(plan.skipped)} skipped"
-    if plan.seed is not None and plan.operation == "reinit":
-        summary += f" [seed {plan.seed}, std {plan.std:g}]"
+    summary = _summary(plan)
     if dry_run:
         click.echo(f"dry run: {summary}; nothing written")
         return

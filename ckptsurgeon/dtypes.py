@@ -151,3 +151,77 @@ def from_float32(values: np.ndarray, dtype: str) -> bytes | memoryview:
         rounded = (bits + (np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1)))) >> 16
         return rounded.astype("<u2").data.cast("B")
     raise ValueError(f"cannot encode float values as {dtype}")
+
+
+CASTABLE = ("F16", "BF16", "F32", "F64")
+CAST_TARGETS = {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}
+TORCH_DTYPE_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+
+
+def _f32_bits(raw: Any, src: str) -> np.ndarray:
+    """Source bytes widened to float32 bit patterns, exactly as torch widens them."""
+    import numpy as np
+
+    if src == "F32":
+        return np.frombuffer(raw, dtype="<u4")
+    if src == "BF16":
+        return np.frombuffer(raw, dtype="<u2").astype(np.uint32) << np.uint32(16)
+    if src == "F16":
+        half = np.frombuffer(raw, dtype="<u2")
+        bits = half.view("<f2").astype(np.float32).view(np.uint32)
+        nan = (half & np.uint16(0x7FFF)) > np.uint16(0x7C00)
+        if nan.any():  # torch sets the quiet bit of a NaN's payload
+            bits[nan] |= np.uint32(0x00400000)
+        return bits
+    if src == "F64":
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.frombuffer(raw, dtype="<f8").astype(np.float32).view(np.uint32)
+    raise ValueError(f"cannot cast from {src}")
+
+
+def cast_bytes(raw: Any, src: str, dst: str) -> tuple[bytes | memoryview, int, int]:
+    """Convert little-endian ``src`` bytes to ``dst``, bit for bit as torch's ``.to()`` does on
+    the CPU: widen to float32 exactly, then round to nearest even; NaN and Inf are kept (NaN bit
+    patterns as torch makes them). Returns (bytes, values that overflowed to Inf, nonzero values
+    flushed to zero)."""
+    import numpy as np
+
+    bits = _f32_bits(raw, src)
+    if dst == "F32":
+        out = bits
+        narrow = bits
+    elif dst == "BF16":
+        rounded = bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
+        rounded >>= np.uint32(16)
+        out = rounded.astype("<u2")
+        nan = (bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+        if nan.any():
+            out[nan] = 0x7FC0 if src == "F16" else 0xFFFF
+        narrow = out.astype(np.uint32) << np.uint32(16)
+    elif dst == "F16":
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = bits.view(np.float32).astype("<f2").view("<u2")
+        nan = (bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+        if nan.any():  # quiet bit set, top of the payload kept
+            nb = bits[nan]
+            out[nan] = (
+                ((nb >> np.uint32(16)) & np.uint32(0x8000))
+                | np.uint32(0x7E00)
+                | ((nb >> np.uint32(13)) & np.uint32(0x3FF))
+            ).astype(np.uint16)
+        narrow = out.view("<f2").astype(np.float32).view(np.uint32)
+    else:
+        raise ValueError(f"cannot cast to {dst}")
+    source = to_float(raw, src) if src == "F64" else bits.view(np.float32)
+    overflow, flushed = _lost(source, narrow.view(np.float32))
+    return np.ascontiguousarray(out).data.cast("B"), overflow, flushed
+
+
+def _lost(source: Any, result: Any) -> tuple[int, int]:
+    """Finite values that became Inf; nonzero finite values that became zero."""
+    import numpy as np
+
+    finite = np.isfinite(source)
+    overflow = int(np.count_nonzero(finite & np.isinf(result)))
+    flushed = int(np.count_nonzero((result == 0) & (source != 0) & finite))
+    return overflow, flushed

@@ -54,6 +54,10 @@ class ConfigError(CkptSurgeonError, ValueError):
     """config.json is not a JSON object, or a key that ckptsurgeon relies on is wrong."""
 
 
+class RecipeError(CkptSurgeonError, ValueError):
+    """A recipe (or an operation's options) is malformed: unknown op or key, wrong type."""
+
+
 class PatternError(CkptSurgeonError, ValueError):
     """A selection pattern is malformed or matches nothing."""
 

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .checkpoint import Checkpoint, SafetensorsReader, TensorInfo, TensorReader, read_error
 from .dtypes import TORCH_TO_ST
 from .errors import CorruptCheckpointError, UnsafePickleError, UnsupportedFormatError
+from .tensorio import CheckUnchanged, SafetensorsReader, TensorInfo, TensorReader, read_error
 from .ties import canonical_of
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -214,8 +214,8 @@ class BinReader(SafetensorsReader):
     """Reads tensors from torch files: straight from the file where their offsets are known
     (zip format, see :func:`zip_offsets`), else through torch, one file loaded at a time."""
 
-    def __init__(self, ckpt: Checkpoint) -> None:
-        super().__init__(ckpt)
+    def __init__(self, check_unchanged: CheckUnchanged) -> None:
+        super().__init__(check_unchanged)
         self._file: str | None = None
         self._state: dict[str, Any] = {}
 
@@ -223,7 +223,7 @@ class BinReader(SafetensorsReader):
         if self._file != info.file:
             self._state = {}
             self._file = None
-            self.ckpt.check_unchanged()
+            self.check_unchanged()
             self._state, _ = load_state_dict(Path(info.file))
             self._file = info.file
         return self._state[info.key]

@@ -337,13 +337,15 @@ def write_checkpoint(
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
     overwrite: bool = False,
     side_files: SideFiles | None = None,
+    replace_files: dict[str, bytes] | None = None,
 ) -> WriteResult:
     """Write ``tensors`` as a new safetensors checkpoint at ``dest``, atomically, and verify it.
 
     ``dest`` ending in ``.safetensors`` is a single file; anything else is a directory in the
     Hugging Face layout (sharded past ``max_shard_size``), with the source's other files copied
-    as ``side_files`` says (planned from the source when not given). SIGINT, SIGTERM and SIGHUP
-    end the write with nothing published and the temporary removed.
+    as ``side_files`` says (planned from the source when not given), and ``replace_files``
+    (name -> bytes, e.g. an edited config.json) written in place of the copies. SIGINT, SIGTERM
+    and SIGHUP end the write with nothing published and the temporary removed.
     """
     dest = Path(dest)
     check_destination(src, dest, overwrite)
@@ -352,8 +354,10 @@ def write_checkpoint(
     if side is None:
         side = plan_side_files(src.root, src.own_files)
     meta = {"format": "pt", **metadata}
+    replace_files = {} if single else dict(replace_files or {})
+    copied = sorted({*side.top_level, *replace_files})
     if not single:
-        meta = _record_copied(meta, [e.rstrip("/") for e in side.top_level])
+        meta = _record_copied(meta, [e.rstrip("/") for e in copied])
     tmp = dest.parent / f".{dest.name}{TMP_SUFFIX}"
     with interrupts.guard():
         _remove(tmp)  # a temp left by a killed run
@@ -366,6 +370,8 @@ def write_checkpoint(
                 tmp.mkdir()
                 files = _write_dir(tmp, shard_groups(tensors, dest, max_shard_size), meta, emit)
                 copy_side_files(side, tmp)
+                for name, data in replace_files.items():
+                    (tmp / name).write_bytes(data)
                 _verify(tmp, tensors)
                 _fsync_dir(tmp)
             src.check_unchanged()
@@ -382,7 +388,7 @@ def write_checkpoint(
     return WriteResult(
         destination=dest,
         files=files,
-        copied=tuple(side.top_level),
+        copied=tuple(copied),
         total_bytes=sum(t.nbytes for t in tensors),
         tensors=len(tensors),
     )

@@ -16,7 +16,7 @@ def test_drop_query_projection_reports_exactly_those_missing(model_store, tmp_pa
     src = model_store("bert", layout)
     pattern = "bert.encoder.layer.0.attention.self.query.*"
     result = drop(src, tmp_path / "out", [pattern])
-    dropped = sorted(t.name for t in result.plan.tensors if t.action == "drop")
+    dropped = sorted(t.name for t in result.plan.dropped)
     assert dropped == [
         "bert.encoder.layer.0.attention.self.query.bias",
         "bert.encoder.layer.0.attention.self.query.weight",
@@ -47,7 +47,7 @@ def test_drop_top_layer_other_families(model_store, tmp_path, family, layout):
     }[family]
     src = model_store(family, layout)
     result = drop(src, tmp_path / "out", [stack])
-    dropped = sorted(t.name for t in result.plan.tensors if t.action == "drop")
+    dropped = sorted(t.name for t in result.plan.dropped)
     assert dropped
     model, info = load_model(tmp_path / "out", family)
     assert info["missing_keys"] == dropped
@@ -109,6 +109,6 @@ def test_dry_run_and_exclude(model_store, tmp_path):
     )
     assert result.written is None
     assert not (tmp_path / "out").exists()
-    dropped = [t.name for t in result.plan.tensors if t.action == "drop"]
+    dropped = [t.name for t in result.plan.dropped]
     assert len(dropped) == 2 * 12
     assert not [n for n in dropped if "LayerNorm" in n]

@@ -25,8 +25,9 @@ from test_format_and_reader import BAD_HEADERS, write_raw
 from ckptsurgeon import CorruptCheckpointError, convert, drop, open_checkpoint, reinit
 from ckptsurgeon.cli import main
 from ckptsurgeon.dtypes import DTYPES, nbytes_of
+from ckptsurgeon.execute import execute
+from ckptsurgeon.plan import initial_plan
 from ckptsurgeon.safetensors_format import build_header
-from ckptsurgeon.surgery import execute, plan_convert
 
 
 def cli(*args: object):
@@ -330,7 +331,7 @@ def test_permission_denied_on_source(model_store, monkeypatch, tmp_path):
 def test_source_changed_while_reading(src_copy, tmp_path, layout):
     src = src_copy("bert", layout)
     ckpt = open_checkpoint(src)
-    plan = plan_convert(ckpt)
+    plan = initial_plan(ckpt)
     with open(ckpt.files[0], "ab") as fh:
         fh.write(b"\0" * 16)
     with pytest.raises(CorruptCheckpointError, match="source file changed"):
@@ -508,7 +509,7 @@ def test_an_interrupt_swallowed_by_other_code_still_stops_publication(model_stor
     dest = tmp_path / "out"
     script = (
         "import os, signal, sys, time\n"
-        "import ckptsurgeon.surgery as s\n"
+        "import ckptsurgeon.api as s\n"
         "real = s.open_checkpoint\n"
         "def swallowing(path):\n"
         "    try:\n"

@@ -1,0 +1,173 @@
+"""The executor: stream any plan into the writer, every output byte read or generated once.
+
+Tensors copied unchanged go file to file in the kernel (``copy_file_range``). Tensors whose
+bytes are computed (generated values, casts) are produced by one background thread, in the order
+the writer will ask for them and a bounded number of chunks ahead, so that numpy's work overlaps
+the kernel's copies. Values do not depend on this timing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+from .checkpoint import Checkpoint
+from .dtypes import DTYPES, cast_bytes
+from .init_rules import generate
+from .pipeline import background
+from .plan import Copy, Generate, Plan, PlannedTensor
+from .tensorio import TensorReader, write_all
+from .writer import (
+    DEFAULT_MAX_SHARD_SIZE,
+    OutTensor,
+    WriteResult,
+    emission_order,
+    is_single_file,
+    write_checkpoint,
+)
+
+CHUNK_BYTES = 8 << 20
+
+
+@dataclass(frozen=True)
+class Executed:
+    written: WriteResult
+    notes: tuple[str, ...]  # what only the bytes could tell (values lost to a cast)
+
+
+def _whole_elements(chunks: Iterator[bytes | memoryview], itemsize: int) -> Iterator[bytes]:
+    """Re-cut chunks at element boundaries (a short read must not split an element)."""
+    rest = b""
+    for chunk in chunks:
+        data = rest + bytes(chunk) if rest else bytes(chunk)
+        cut = len(data) - len(data) % itemsize
+        rest = data[cut:]
+        if cut:
+            yield data[:cut]
+    if rest:  # pragma: no cover - sizes are checked when the checkpoint is opened
+        raise ValueError("tensor bytes end inside an element")
+
+
+class _CastCounter:
+    def __init__(self) -> None:
+        self.overflow: dict[str, int] = {}
+        self.flushed: dict[str, int] = {}
+
+    def notes(self) -> list[str]:
+        out = []
+        for label, counts, what in (
+            ("overflowed to Inf", self.overflow, "values too large for the new dtype"),
+            ("flushed to zero", self.flushed, "nonzero values too small for the new dtype"),
+        ):
+            total = sum(counts.values())
+            if total:
+                worst = ", ".join(f"{n} ({c})" for n, c in sorted(counts.items())[:3])
+                out.append(f"cast: {total} {what} {label}, in {len(counts)} tensors: {worst}")
+        return out
+
+
+def _casts(
+    p: PlannedTensor, chunks: Iterator[bytes | memoryview], counter: _CastCounter
+) -> Iterator[bytes | memoryview]:
+    if not p.casts:
+        yield from chunks
+        return
+    dtypes = [p.native, *p.casts]
+    for chunk in _whole_elements(chunks, DTYPES[p.native].itemsize):
+        data: bytes | memoryview = chunk
+        for src, dst in itertools.pairwise(dtypes):
+            data, overflow, flushed = cast_bytes(data, src, dst)
+            if overflow:
+                counter.overflow[p.name] = counter.overflow.get(p.name, 0) + overflow
+            if flushed:
+                counter.flushed[p.name] = counter.flushed.get(p.name, 0) + flushed
+        yield data
+
+
+def config_bytes(plan: Plan) -> bytes | None:
+    """config.json as edited by the plan (key order kept, save_pretrained's indent), or None."""
+    if not plan.config_edits or plan.config is None:
+        return None
+    return (json.dumps(plan.config, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def execute(
+    plan: Plan,
+    ckpt: Checkpoint,
+    destination: str | os.PathLike[str],
+    *,
+    max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
+    overwrite: bool = False,
+    threads: int | None = None,
+) -> Executed:
+    """Carry out a plan: stream, cast and generate bytes; write, verify and publish."""
+    planned = {t.name: t for t in plan.tensors}
+    infos = {t.name: t for t in ckpt.tensors}
+    out = [OutTensor(t.name, t.dtype, t.shape, t.nbytes) for t in plan.tensors]
+    order = emission_order(out, destination, max_shard_size)
+    computed = [
+        planned[t.name]
+        for t in order
+        if isinstance(planned[t.name].source, Generate) or planned[t.name].casts
+    ]
+    counter = _CastCounter()
+    notes: list[str] = []
+    with ExitStack() as stack:
+        reader = stack.enter_context(ckpt.reader())
+        # the producer thread reads through its own reader (file handles, torch state)
+        side_reader: TensorReader | None = None
+        if any(isinstance(p.source, Copy) for p in computed):
+            side_reader = stack.enter_context(ckpt.reader())
+
+        def produce() -> Iterator[tuple[str, bytes | memoryview]]:
+            for p in computed:
+                if isinstance(p.source, Generate):
+                    g = p.source
+                    raw = generate(g.stream, p.native, p.shape, g.rule, g.seed, threads)
+                else:
+                    assert side_reader is not None
+                    raw = side_reader.chunks(infos[p.source.tensor], CHUNK_BYTES)
+                for chunk in _casts(p, raw, counter):
+                    yield p.name, chunk
+
+        ahead: Iterator[tuple[str, bytes | memoryview]] = (
+            background(produce(), depth=16) if computed else iter(())
+        )
+        stack.callback(lambda: getattr(ahead, "close", lambda: None)())
+
+        def emit(t: OutTensor, fd: int) -> None:
+            p = planned[t.name]
+            if isinstance(p.source, Copy) and not p.casts:
+                reader.copy_to(infos[p.source.tensor], fd)
+                return
+            remaining = t.nbytes
+            while remaining:
+                name, chunk = next(ahead)
+                if name != t.name:  # pragma: no cover - emission_order and the writer disagree
+                    raise RuntimeError(f"writer asked for {t.name!r}, produced {name!r}")
+                write_all(fd, chunk)
+                remaining -= len(chunk) if isinstance(chunk, bytes) else chunk.nbytes
+
+        config = config_bytes(plan)
+        if config is not None and is_single_file(destination):
+            notes.append(
+                "config.json edits are not written: DEST is a single .safetensors file "
+                f"({', '.join(e.key for e in plan.config_edits)})"
+            )
+            config = None
+        written = write_checkpoint(
+            ckpt,
+            destination,
+            out,
+            emit,
+            plan.metadata(),
+            max_shard_size=max_shard_size,
+            overwrite=overwrite,
+            side_files=plan.side_files,
+            replace_files={"config.json": config} if config is not None else None,
+        )
+    return Executed(written, (*notes, *counter.notes()))

@@ -1,0 +1,18 @@
+"""The operations: each a module with one :class:`~.base.Operation` (name, options, plan -> plan).
+
+A recipe step ``{op: NAME, ...}`` runs ``OPERATIONS[NAME]``; the CLI verb of the same name is
+built from the same definition.
+"""
+
+from __future__ import annotations
+
+from .base import Operation, Option
+from .cast import CAST
+from .convert import CONVERT
+from .drop import DROP
+from .reinit import REINIT
+from .rename import RENAME
+
+OPERATIONS: dict[str, Operation] = {op.name: op for op in (CONVERT, DROP, REINIT, CAST, RENAME)}
+
+__all__ = ["OPERATIONS", "Operation", "Option"]

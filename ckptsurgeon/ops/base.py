@@ -1,0 +1,155 @@
+"""What every operation is: a name, its options (defined once) and a pure plan -> plan function.
+
+An :class:`Option` is the single definition of one setting: the CLI builds its flag from it, a
+recipe step's key is its ``key`` and is checked against its ``kind``, and the Python API passes
+keyword arguments through the same check. So ``--top-layers 3``, ``top_layers: 3`` and
+``top_layers=3`` mean the same thing and are validated the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import RecipeError
+from ..patterns import as_patterns
+from ..plan import Plan
+
+# kinds: "patterns"/"strings" (a list of strings; a bare string is one), "pairs" (a list of
+# [A, B] string pairs), "int", "float", "bool", "choice"
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str  # recipe key and API keyword
+    flags: tuple[str, ...]  # CLI flags, e.g. ("-p", "--pattern")
+    kind: str
+    help: str
+    default: Any = None
+    choices: tuple[str, ...] = ()
+    metavar: str | None = None
+    minimum: float | None = None  # for int/float: the smallest allowed value
+    min_open: bool = False  # minimum itself excluded
+    maximum: float | None = None
+    required: bool = False
+
+    @property
+    def multiple(self) -> bool:
+        return self.kind in ("patterns", "strings", "pairs")
+
+    def check(self, value: Any, where: str, label: str = "") -> Any:
+        """The value normalised (lists as lists), or :class:`RecipeError` naming ``where`` (the
+        recipe step or the command) and ``label`` (the key, or the CLI flag)."""
+        label = label or self.key
+
+        def bad(expected: str) -> RecipeError:
+            return RecipeError(f"{label} must be {expected}, got {value!r}", where, "fix the value")
+
+        if value is None:
+            if self.required:
+                raise RecipeError(f"{label} is required", where, "give a value")
+            return [] if self.multiple else self.default
+        if self.kind == "str":
+            if not isinstance(value, str):
+                raise bad("a string")
+            return value
+        if self.kind in ("patterns", "strings"):
+            if isinstance(value, str):
+                return [value]
+            if isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
+                return list(as_patterns(value))
+            raise bad("a string or a list of strings")
+        if self.kind == "pairs":
+            ok = isinstance(value, Sequence) and not isinstance(value, str)
+            pairs = list(value) if ok else []
+            if not ok or not all(
+                isinstance(p, Sequence)
+                and not isinstance(p, str)
+                and len(p) == 2
+                and all(isinstance(x, str) for x in p)
+                for p in pairs
+            ):
+                raise bad("a list of [PATTERN, REPLACEMENT] pairs of strings")
+            return [[p[0], p[1]] for p in pairs]
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise bad("true or false")
+            return value
+        if self.kind == "choice":
+            if value not in self.choices:
+                raise bad("one of " + ", ".join(self.choices))
+            return value
+        if self.kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise bad("an integer")
+        elif self.kind == "float":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise bad("a number")
+            value = float(value)
+            if not math.isfinite(value):
+                raise bad("a finite number")
+        if self.minimum is not None and (
+            value < self.minimum or (self.min_open and value == self.minimum)
+        ):
+            op = ">" if self.min_open else ">="
+            raise bad(f"{op} {self.minimum:g}")
+        if self.maximum is not None and value > self.maximum:
+            raise bad(f"<= {self.maximum:g}")
+        return value
+
+
+PATTERNS: Option = Option(
+    "patterns",
+    ("-p", "--pattern"),
+    "patterns",
+    "Glob over full tensor names, brace expansion allowed; repeat for a union.",
+    metavar="PATTERN",
+)
+STRIP_PREFIX: Option = Option(
+    "strip_prefix",
+    ("--strip-prefix",),
+    "strings",
+    "Remove prefix P (e.g. 'module.' of DDP, '_orig_mod.' of torch.compile) from names; "
+    "repeatable, the first that matches is removed.",
+    metavar="P",
+)
+EXCLUDE: Option = Option(
+    "exclude",
+    ("-x", "--exclude"),
+    "patterns",
+    "Glob of tensors to leave out of the selection; repeatable.",
+    metavar="PATTERN",
+)
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One surgery: its name (CLI verb and recipe ``op``), options and plan function."""
+
+    name: str
+    summary: str  # first line of --help
+    options: tuple[Option, ...]
+    apply: Callable[..., Plan]  # apply(plan, **options) -> plan
+
+    def option(self, key: str) -> Option:
+        return next(o for o in self.options if o.key == key)
+
+    def normalise(
+        self, values: dict[str, Any], where: str, labels: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Every option of this operation, checked, with defaults filled in (in order)."""
+        known = {o.key for o in self.options}
+        for key in values:
+            if key not in known:
+                listed = ", ".join(sorted(known)) or "none"
+                raise RecipeError(
+                    f"unknown key {key!r} for {self.name}",
+                    where,
+                    f"the keys of {self.name} are: {listed}",
+                )
+        labels = labels or {}
+        return {
+            o.key: o.check(values.get(o.key), where, labels.get(o.key, "")) for o in self.options
+        }

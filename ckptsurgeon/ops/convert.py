@@ -1,0 +1,25 @@
+"""``convert``: every tensor unchanged; the output is safetensors (the identity operation)."""
+
+from __future__ import annotations
+
+from ..checkpoint import wrapper_hint
+from ..plan import Plan
+from .base import Operation
+
+
+def plan_convert(plan: Plan) -> Plan:
+    hint = wrapper_hint(plan.names)
+    if hint:
+        plan = plan.warn(
+            f"{hint} (transformers does not strip it, so from_pretrained would load none of "
+            "these tensors)"
+        )
+    return plan
+
+
+CONVERT = Operation(
+    "convert",
+    "Rewrite SRC as safetensors at DEST with every value unchanged.",
+    (),
+    plan_convert,
+)

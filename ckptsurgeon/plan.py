@@ -1,0 +1,255 @@
+"""The plan: for every output tensor, where its bytes come from; and the config.json edits.
+
+A :class:`Plan` is pure data, printable (``--dry-run``) and built from headers alone. Each
+output tensor has a name, a shape and a *source*: a :class:`Copy` of a source tensor (under any
+name) or :class:`Generate`-d values (a rule, the name that seeds its stream, a seed), followed
+by zero or more casts (``casts``: each dtype in turn). Operations (``ckptsurgeon.ops``) are pure
+functions from plan to plan; one executor (:mod:`ckptsurgeon.execute`) streams any plan.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from . import __version__
+from .checkpoint import Checkpoint
+from .dtypes import nbytes_of
+from .init_rules import Rule
+from .sidefiles import SideFiles
+
+
+@dataclass(frozen=True)
+class Copy:
+    """The bytes of a source tensor (its name in the opened checkpoint)."""
+
+    tensor: str
+
+
+@dataclass(frozen=True)
+class Generate:
+    """Values drawn by ``rule`` from the stream of (``seed``, ``stream``)."""
+
+    rule: Rule
+    stream: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    """One output tensor. ``native`` is the dtype its source yields; ``casts`` the dtypes it is
+    then converted to, in order (the last is the output dtype)."""
+
+    name: str
+    native: str
+    shape: tuple[int, ...]
+    source: Copy | Generate
+    casts: tuple[str, ...] = ()
+    renamed_from: str | None = None  # the source name, when an operation renamed it
+
+    @property
+    def dtype(self) -> str:
+        return self.casts[-1] if self.casts else self.native
+
+    @property
+    def rule(self) -> str | None:
+        """The re-initialisation rule, for generated values."""
+        return self.source.rule.describe() if isinstance(self.source, Generate) else None
+
+    @property
+    def nbytes(self) -> int:
+        return nbytes_of(self.dtype, self.shape)
+
+    @property
+    def action(self) -> str:
+        """What happens to it: ``reinit``, ``cast``, ``rename`` or ``keep``."""
+        if isinstance(self.source, Generate):
+            return "reinit"
+        if self.casts:
+            return "cast"
+        return "rename" if self.renamed_from is not None else "keep"
+
+    def describe(self) -> str:
+        """``copy``, ``copy of NAME``, ``normal(0, 0.02)``, ``..., cast F32 -> BF16``."""
+        if isinstance(self.source, Generate):
+            text = self.source.rule.describe()
+        elif self.source.tensor != self.name:
+            text = f"copy of {self.source.tensor}"
+        else:
+            text = "copy"
+        chain = [self.native, *self.casts]
+        if self.casts:
+            text += ", cast " + " -> ".join(chain)
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "action": self.action,
+            "rule": self.rule,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "source": self.describe(),
+        }
+        if self.renamed_from is not None:
+            out["renamed_from"] = self.renamed_from
+        if self.casts:
+            out["from_dtype"] = self.native
+        return out
+
+
+@dataclass(frozen=True)
+class Skipped:
+    name: str
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class ConfigEdit:
+    """``config.json[key]`` goes from ``old`` to ``new`` (``old`` None: the key is added)."""
+
+    key: str
+    old: Any
+    new: Any
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "old": self.old, "new": self.new}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a run will write, before anything is read or written."""
+
+    source: str
+    tensors: tuple[PlannedTensor, ...]
+    config: dict[str, Any] | None  # as it will be written (after config_edits)
+    aliases: dict[str, str] = field(default_factory=dict)  # folded tied alias -> canonical
+    dropped: tuple[PlannedTensor, ...] = ()
+    skipped: tuple[Skipped, ...] = ()
+    config_edits: tuple[ConfigEdit, ...] = ()
+    warnings: tuple[str, ...] = ()
+    steps: tuple[dict[str, Any], ...] = ()  # the normalised recipe that made this plan
+    destination: str = ""
+    verb: str = ""  # the command that made this plan (``apply`` for a recipe)
+    input_strip: tuple[str, ...] = ()  # prefixes stripped from SRC's names as it was read
+    side_files: SideFiles | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tensors]
+
+    @property
+    def operation(self) -> str:
+        """The command: the verb for a one-step plan, else ``apply``."""
+        if self.verb:
+            return self.verb
+        return str(self.steps[0]["op"]) if len(self.steps) == 1 else "apply"
+
+    @property
+    def seed(self) -> int | None:
+        """The seed of the last re-initialisation step, if any."""
+        seeds = [s["seed"] for s in self.steps if s["op"] == "reinit"]
+        return int(seeds[-1]) if seeds else None
+
+    @property
+    def std(self) -> float | None:
+        """The std the last re-initialisation step used (config's, or given), if any."""
+        drawn = [
+            t.source.rule.std
+            for t in self.tensors
+            if isinstance(t.source, Generate) and t.source.rule.kind == "normal"
+        ]
+        if drawn:
+            return drawn[-1]
+        stds = [s["std"] for s in self.steps if s["op"] == "reinit"]
+        return stds[-1] if stds and stds[-1] is not None else None
+
+    def count(self, action: str) -> int:
+        if action == "drop":
+            return len(self.dropped)
+        return sum(1 for t in self.tensors if t.action == action)
+
+    def changed(self) -> list[PlannedTensor]:
+        """Tensors whose name or bytes change, then the dropped ones."""
+        return [t for t in self.tensors if t.action != "keep"] + list(self.dropped)
+
+    def with_config(self, edits: dict[str, Any]) -> Plan:
+        """This plan with config.json keys set (recorded as edits; key order kept)."""
+        config = copy.deepcopy(self.config) if self.config is not None else {}
+        recorded = list(self.config_edits)
+        for key, value in edits.items():
+            recorded.append(ConfigEdit(key, config.get(key), value))
+            config[key] = value
+        return replace(self, config=config, config_edits=tuple(recorded))
+
+    def warn(self, *messages: str) -> Plan:
+        return replace(self, warnings=(*self.warnings, *messages))
+
+    def step_record(self) -> dict[str, Any]:
+        """The recipe as recorded in the output metadata: a verb's options as ``arguments``
+        (with its ``strip_prefix``), a recipe's normalised ``steps``."""
+        if self.operation == "apply":
+            return {"operation": "apply", "steps": [dict(s) for s in self.steps]}
+        arguments = {k: v for k, v in self.steps[0].items() if k != "op"}
+        if self.input_strip:
+            arguments["strip_prefix"] = list(self.input_strip)
+        return {"operation": self.operation, "arguments": arguments}
+
+    def metadata(self) -> dict[str, str]:
+        """The ``__metadata__`` entries recording this run (strings only, no paths or times)."""
+        record: dict[str, Any] = {"tool": "ckptsurgeon", "version": __version__}
+        record.update(self.step_record())
+        if self.aliases:
+            record["tied_aliases_dropped"] = dict(sorted(self.aliases.items()))
+        return {"ckptsurgeon": json.dumps(record, sort_keys=True, separators=(",", ":"))}
+
+    def to_json(self, *, include_kept: bool = False) -> dict[str, Any]:
+        shown = [*self.tensors, *self.dropped] if include_kept else self.changed()
+        rows = [t.to_json() for t in shown]
+        for row, t in zip(rows, shown, strict=True):
+            if t in self.dropped:
+                row.update(action="drop", rule=None, source=None)
+        return {
+            "operation": self.operation,
+            "source": self.source,
+            "destination": self.destination,
+            "steps": [dict(s) for s in self.steps],
+            "seed": self.seed,
+            "std": self.std,
+            "tensors": rows,
+            "kept": self.count("keep"),
+            "dropped": self.count("drop"),
+            "reinitialized": self.count("reinit"),
+            "cast": self.count("cast"),
+            "renamed": sum(1 for t in self.tensors if t.renamed_from is not None),
+            "skipped": [s.to_json() for s in self.skipped],
+            "tied_aliases": dict(self.aliases),
+            "config_edits": [e.to_json() for e in self.config_edits],
+            "warnings": list(self.warnings),
+        }
+
+
+def initial_plan(ckpt: Checkpoint) -> Plan:
+    """Every stored tensor copied unchanged; folded tied aliases noted; nothing else."""
+    tensors = tuple(
+        PlannedTensor(t.name, t.dtype, t.shape, Copy(t.name))
+        for t in ckpt.tensors
+        if t.name not in ckpt.aliases
+    )
+    skipped = tuple(
+        Skipped(alias, f"tied alias of {canonical}; stored once under the canonical name")
+        for alias, canonical in ckpt.aliases.items()
+    )
+    return Plan(
+        source=str(ckpt.path),
+        tensors=tensors,
+        config=ckpt.config,
+        aliases=dict(ckpt.aliases),
+        skipped=skipped,
+        warnings=tuple(ckpt.notes),
+    )
