@@ -384,6 +384,12 @@ def inspect_cmd(src: str, patterns: tuple[str, ...], as_json: bool, stats: bool)
     is_flag=True,
     help="Fold module./_orig_mod. prefixes, gamma/beta and tied aliases.",
 )
+@click.option(
+    "--ignore-dtype",
+    is_flag=True,
+    help="Compare values across dtypes (upcast): identical/close/changed by value, not "
+    "dtype_mismatch.",
+)
 @click.option("--all", "show_all", is_flag=True, help="List every tensor, identical ones too.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
@@ -399,6 +405,7 @@ def diff_cmd(
     strip_prefix_a: str | None,
     strip_prefix_b: str | None,
     normalize: bool,
+    ignore_dtype: bool,
     show_all: bool,
     as_json: bool,
 ) -> None:
@@ -421,6 +428,7 @@ def diff_cmd(
         strip_prefix_a=strip_prefix_a,
         strip_prefix_b=strip_prefix_b,
         normalize=normalize,
+        ignore_dtype=ignore_dtype,
     )
     status = 0 if result.identical else 1
     ctx.obj["exit_code"] = status  # kept when the reader closes the pipe early
@@ -537,7 +545,8 @@ def _report(result: Any, as_json: bool, *, dry_run: bool) -> None:
                 groups = group_names(names)
                 click.echo(f"{action}: " + ", ".join(f"{g} ({n})" for g, n in groups.items()))
     for e in plan.config_edits:
-        click.echo(f"config.json: {e.key}: {json.dumps(e.old)} -> {json.dumps(e.new)}")
+        old = "(absent)" if e.old is None else json.dumps(e.old)
+        click.echo(f"config.json: {e.key}: {old} -> {json.dumps(e.new)}")
     for s in plan.skipped:
         click.echo(f"skipped {s.name}: {s.reason}")
     summary = _summary(plan)

@@ -155,9 +155,14 @@ def diff(
     strip_prefix_a: str | None = None,
     strip_prefix_b: str | None = None,
     normalize: bool = False,
+    ignore_dtype: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> DiffResult:
     """Compare checkpoints ``a`` and ``b``.
+
+    ``ignore_dtype`` compares values across dtypes (both upcast to float64) and gives them
+    ``identical``/``close``/``changed`` by value instead of ``dtype_mismatch``: a correct bf16
+    cast is ``close`` within ``atol=1e-2``.
 
     >>> result = diff("bert/", "bert-top3/")        # doctest: +SKIP
     >>> result.summary                              # doctest: +SKIP
@@ -191,7 +196,9 @@ def diff(
         elif ta.shape != tb.shape:
             results[name] = _header_diff(name, "shape_mismatch", ta, tb)
         elif names_only:
-            status = "dtype_mismatch" if ta.dtype != tb.dtype else "same_header"
+            status = (
+                "dtype_mismatch" if ta.dtype != tb.dtype and not ignore_dtype else "same_header"
+            )
             results[name] = _header_diff(name, status, ta, tb)
         else:
             to_compare.append(name)
@@ -200,7 +207,9 @@ def diff(
             for name in to_compare:
                 if progress is not None:
                     progress(name)
-                results[name] = compare_tensor(name, map_a[name], map_b[name], ra, rb, atol, rtol)
+                results[name] = compare_tensor(
+                    name, map_a[name], map_b[name], ra, rb, atol, rtol, ignore_dtype
+                )
     return DiffResult(ca, cb, tuple(results[n] for n in order))
 
 
@@ -232,6 +241,7 @@ def compare_tensor(
     rb: TensorReader,
     atol: float,
     rtol: float,
+    ignore_dtype: bool = False,
 ) -> TensorDiff:
     """One pass: bytes are compared first (no numeric work while they agree); from the first
     differing chunk on, values are decoded and accumulated. Byte-identical leading chunks are
@@ -263,7 +273,8 @@ def compare_tensor(
                     cosine=1.0,
                 )
         if not numeric:
-            return _header_diff(name, "changed" if same_dtype else "dtype_mismatch", ta, tb)
+            by_value = same_dtype or ignore_dtype
+            return _header_diff(name, "changed" if by_value else "dtype_mismatch", ta, tb)
         acc = _Metrics(ta.dtype, tb.dtype, atol, rtol)
         if first is not None:
             acc.add(*first)
@@ -278,8 +289,10 @@ def compare_tensor(
                 break
             acc.add_identical(x)
     m = acc.result()
-    if not same_dtype:
+    if not same_dtype and not ignore_dtype:
         status = "dtype_mismatch"
+    elif not same_dtype and m["max_abs"] == 0 and m["nonfinite_mismatch"] == 0:
+        status = "identical"  # by value, across dtypes
     elif m["within"] and m["nonfinite_mismatch"] == 0:
         status = "close"
     else:

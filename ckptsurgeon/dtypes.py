@@ -179,6 +179,27 @@ def _f32_bits(raw: Any, src: str) -> np.ndarray:
     raise ValueError(f"cannot cast from {src}")
 
 
+_BLOCK = 1 << 16  # elements per in-place pass: stays in the CPU cache
+
+
+def _bf16_rne(bits: np.ndarray) -> np.ndarray:
+    """float32 bit patterns -> bfloat16 ones, rounded to nearest even (NaN not yet fixed)."""
+    import numpy as np
+
+    out = np.empty(bits.size, dtype="<u2")
+    tmp = np.empty(min(bits.size, _BLOCK), dtype=np.uint32)
+    for start in range(0, bits.size, _BLOCK):
+        b = bits[start : start + _BLOCK]
+        t = tmp[: b.size]
+        np.right_shift(b, np.uint32(16), out=t)
+        t &= np.uint32(1)
+        t += np.uint32(0x7FFF)
+        t += b
+        t >>= np.uint32(16)
+        out[start : start + b.size] = t
+    return out
+
+
 def cast_bytes(raw: Any, src: str, dst: str) -> tuple[bytes | memoryview, int, int]:
     """Convert little-endian ``src`` bytes to ``dst``, bit for bit as torch's ``.to()`` does on
     the CPU: widen to float32 exactly, then round to nearest even; NaN and Inf are kept (NaN bit
@@ -188,40 +209,49 @@ def cast_bytes(raw: Any, src: str, dst: str) -> tuple[bytes | memoryview, int, i
 
     bits = _f32_bits(raw, src)
     if dst == "F32":
-        out = bits
-        narrow = bits
-    elif dst == "BF16":
-        rounded = bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
-        rounded >>= np.uint32(16)
-        out = rounded.astype("<u2")
-        nan = (bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
-        if nan.any():
-            out[nan] = 0x7FC0 if src == "F16" else 0xFFFF
-        narrow = out.astype(np.uint32) << np.uint32(16)
+        if src == "F64":
+            source = np.frombuffer(raw, dtype="<f8")
+            return bits.data.cast("B"), *_lost(source, bits.view(np.float32), 0x7F800000)
+        return bits.data.cast("B"), 0, 0  # widening is exact
+    f = bits.view(np.float32)
+    has_nan = bool(np.isnan(f).any())
+    if dst == "BF16":
+        out = _bf16_rne(bits)
+        if has_nan:
+            out[np.isnan(f)] = 0x7FC0 if src == "F16" else 0xFFFF
+        inf_bits = 0x7F80
     elif dst == "F16":
         with np.errstate(over="ignore", invalid="ignore"):
-            out = bits.view(np.float32).astype("<f2").view("<u2")
-        nan = (bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
-        if nan.any():  # quiet bit set, top of the payload kept
+            out = f.astype("<f2").view("<u2")
+        if has_nan:  # quiet bit set, top of the payload kept
+            nan = np.isnan(f)
             nb = bits[nan]
             out[nan] = (
                 ((nb >> np.uint32(16)) & np.uint32(0x8000))
                 | np.uint32(0x7E00)
                 | ((nb >> np.uint32(13)) & np.uint32(0x3FF))
             ).astype(np.uint16)
-        narrow = out.view("<f2").astype(np.float32).view(np.uint32)
+        inf_bits = 0x7C00
     else:
         raise ValueError(f"cannot cast to {dst}")
-    source = to_float(raw, src) if src == "F64" else bits.view(np.float32)
-    overflow, flushed = _lost(source, narrow.view(np.float32))
-    return np.ascontiguousarray(out).data.cast("B"), overflow, flushed
+    source = np.frombuffer(raw, dtype="<f8") if src == "F64" else f
+    overflow, flushed = _lost(source, out, inf_bits)
+    return out.data.cast("B"), overflow, flushed
 
 
-def _lost(source: Any, result: Any) -> tuple[int, int]:
-    """Finite values that became Inf; nonzero finite values that became zero."""
+def _lost(source: Any, out: Any, inf_bits: int) -> tuple[int, int]:
+    """(finite values that became Inf, nonzero values that became zero), counted on the output
+    first; the source is looked at only when the output has an Inf or a zero."""
     import numpy as np
 
-    finite = np.isfinite(source)
-    overflow = int(np.count_nonzero(finite & np.isinf(result)))
-    flushed = int(np.count_nonzero((result == 0) & (source != 0) & finite))
+    wide = out.dtype.itemsize == 4
+    magnitude = out.view(np.uint32 if wide else np.uint16) & (
+        np.uint32(0x7FFFFFFF) if wide else np.uint16(0x7FFF)
+    )
+    overflow = int(np.count_nonzero(magnitude == inf_bits))
+    if overflow:
+        overflow -= int(np.count_nonzero(np.isinf(source)))
+    flushed = int(np.count_nonzero(magnitude == 0))
+    if flushed:
+        flushed -= int(np.count_nonzero(source == 0))
     return overflow, flushed

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from .checkpoint import Checkpoint
 from .dtypes import DTYPES, cast_bytes
 from .init_rules import generate
-from .pipeline import background
+from .pipeline import background, ordered_map
 from .plan import Copy, Generate, Plan, PlannedTensor
 from .tensorio import TensorReader, write_all
 from .writer import (
@@ -39,11 +39,17 @@ class Executed:
     notes: tuple[str, ...]  # what only the bytes could tell (values lost to a cast)
 
 
-def _whole_elements(chunks: Iterator[bytes | memoryview], itemsize: int) -> Iterator[bytes]:
-    """Re-cut chunks at element boundaries (a short read must not split an element)."""
+def _whole_elements(
+    chunks: Iterator[bytes | memoryview], itemsize: int
+) -> Iterator[bytes | memoryview]:
+    """Chunks cut at element boundaries (a short read must not split an element); chunks that
+    already are, as almost all are, pass through without a copy."""
     rest = b""
     for chunk in chunks:
-        data = rest + bytes(chunk) if rest else bytes(chunk)
+        if not rest and len(chunk) % itemsize == 0:
+            yield chunk
+            continue
+        data = rest + bytes(chunk)
         cut = len(data) - len(data) % itemsize
         rest = data[cut:]
         if cut:
@@ -71,20 +77,31 @@ class _CastCounter:
 
 
 def _casts(
-    p: PlannedTensor, chunks: Iterator[bytes | memoryview], counter: _CastCounter
+    p: PlannedTensor,
+    chunks: Iterator[bytes | memoryview],
+    counter: _CastCounter,
+    threads: int | None,
 ) -> Iterator[bytes | memoryview]:
+    """The chunks converted through each dtype of ``p.casts`` in turn, on every core, in order."""
     if not p.casts:
         yield from chunks
         return
     dtypes = [p.native, *p.casts]
-    for chunk in _whole_elements(chunks, DTYPES[p.native].itemsize):
-        data: bytes | memoryview = chunk
+
+    def convert(chunk: bytes | memoryview) -> tuple[bytes | memoryview, int, int]:
+        lost_inf = lost_zero = 0
         for src, dst in itertools.pairwise(dtypes):
-            data, overflow, flushed = cast_bytes(data, src, dst)
-            if overflow:
-                counter.overflow[p.name] = counter.overflow.get(p.name, 0) + overflow
-            if flushed:
-                counter.flushed[p.name] = counter.flushed.get(p.name, 0) + flushed
+            chunk, overflow, flushed = cast_bytes(chunk, src, dst)
+            lost_inf += overflow
+            lost_zero += flushed
+        return chunk, lost_inf, lost_zero
+
+    whole = _whole_elements(chunks, DTYPES[p.native].itemsize)
+    for data, overflow, flushed in ordered_map(convert, whole, threads):
+        if overflow:
+            counter.overflow[p.name] = counter.overflow.get(p.name, 0) + overflow
+        if flushed:
+            counter.flushed[p.name] = counter.flushed.get(p.name, 0) + flushed
         yield data
 
 
@@ -131,7 +148,7 @@ def execute(
                 else:
                     assert side_reader is not None
                     raw = side_reader.chunks(infos[p.source.tensor], CHUNK_BYTES)
-                for chunk in _casts(p, raw, counter):
+                for chunk in _casts(p, raw, counter, threads):
                     yield p.name, chunk
 
         ahead: Iterator[tuple[str, bytes | memoryview]] = (

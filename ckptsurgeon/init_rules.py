@@ -17,15 +17,14 @@ rounded (to nearest even) into the tensor's dtype.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from .dtypes import DTYPES, from_float32, numel_of
 from .errors import InitRuleError
+from .pipeline import ordered_map
 
 CHUNK_ELEMS = 1 << 20  # part of the seed contract: changing it changes every value
 DEFAULT_STD = 0.02
@@ -227,18 +226,4 @@ def generate(
                 values[lo - start : hi - start] = 0.0
         return from_float32(values, dtype)
 
-    workers = threads if threads is not None else (os.cpu_count() or 1)
-    if workers <= 1 or n_chunks <= 1:
-        for k in range(n_chunks):
-            yield make(k)
-        return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        window = workers * 2
-        pending = [pool.submit(make, k) for k in range(min(window, n_chunks))]
-        next_k = len(pending)
-        while pending:
-            result = pending.pop(0).result()
-            if next_k < n_chunks:
-                pending.append(pool.submit(make, next_k))
-                next_k += 1
-            yield result
+    yield from ordered_map(make, range(n_chunks), threads if n_chunks > 1 else 1)

@@ -6,9 +6,12 @@ thread and the consumer really run at once. The queue bound keeps memory at ``de
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
-from collections.abc import Generator, Iterator
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 
@@ -56,3 +59,32 @@ def background(items: Iterator[Any], depth: int = 2) -> Generator[Any, None, Non
         close = getattr(items, "close", None)
         if close is not None:
             close()
+
+
+def ordered_map(
+    fn: Callable[[Any], Any], items: Iterable[Any], workers: int | None = None
+) -> Iterator[Any]:
+    """``map(fn, items)`` on ``workers`` threads (default: the CPUs this process may use),
+    results in order, at most ``2 * workers`` in flight. numpy releases the GIL, so chunks of a
+    tensor are cast or drawn on every core; no result depends on which thread made it."""
+    n = workers if workers is not None else usable_cpus()
+    if n <= 1:
+        yield from map(fn, items)
+        return
+    it = iter(items)
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        pending: deque[Future[Any]] = deque()
+        for item in it:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 2 * n:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask), not the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

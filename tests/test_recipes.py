@@ -1,0 +1,314 @@
+"""apply: recipes of several operations in one streaming pass; rename; every error names its step."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import assert_bitwise_equal, load_model, reference_state
+from test_hardening import assert_clean_error, cli, leftovers, tree_hash
+
+from ckptsurgeon import Recipe, RecipeError, apply, cast, drop, open_checkpoint, reinit, rename
+
+FOUR_STEPS = """\
+steps:
+  - {op: rename, strip_prefix: ["module."]}
+  - {op: drop, patterns: ["cls.*"]}
+  - {op: reinit, top_layers: 2, seed: 3}
+  - {op: cast, dtype: bf16}
+"""
+
+
+@pytest.fixture
+def ddp_src(model_store, tmp_path) -> Path:
+    """bert-seqcls saved from a DDP-wrapped model: every name starts with 'module.'."""
+    import torch
+
+    base = model_store("bert", "bin")
+    src = tmp_path / "ddp"
+    src.mkdir()
+    shutil.copyfile(base / "config.json", src / "config.json")
+    state = torch.load(base / "pytorch_model.bin", weights_only=True)
+    torch.save({f"module.{k}": v for k, v in state.items()}, src / "pytorch_model.bin")
+    return src
+
+
+def test_four_step_recipe_equals_the_chained_commands(ddp_src, tmp_path):
+    recipe = tmp_path / "release.yaml"
+    recipe.write_text(FOUR_STEPS)
+    code, out, err, _ = cli("apply", recipe, ddp_src, tmp_path / "one-pass")
+    assert code == 0, err
+    assert (
+        out.splitlines()[-3]
+        == "5 dropped, 32 re-initialised, 37 cast, 0 kept, 2 skipped [seed 3, std 0.02]"
+    )
+    # the same four steps as four commands, each writing a full copy
+    rename(ddp_src, tmp_path / "s1", strip_prefix="module.")
+    drop(tmp_path / "s1", tmp_path / "s2", "cls.*")
+    reinit(tmp_path / "s2", tmp_path / "s3", top_layers=2, seed=3)
+    cast(tmp_path / "s3", tmp_path / "s4", "bf16")
+    chained, one = reference_state(tmp_path / "s4"), reference_state(tmp_path / "one-pass")
+    assert sorted(chained) == sorted(one)
+    for name in one:
+        assert_bitwise_equal(one[name], chained[name], name)
+    assert (tmp_path / "one-pass" / "config.json").read_text() == (
+        tmp_path / "s4" / "config.json"
+    ).read_text()
+    # reruns are byte-identical, and the metadata records the normalised recipe
+    apply(recipe, ddp_src, tmp_path / "again")
+    assert tree_hash(tmp_path / "again") == tree_hash(tmp_path / "one-pass")
+    record = json.loads(open_checkpoint(tmp_path / "one-pass").metadata["ckptsurgeon"])
+    assert record["operation"] == "apply"
+    assert record["steps"] == Recipe.load(recipe).to_json()
+    assert record["steps"][2] == {
+        "op": "reinit",
+        "patterns": [],
+        "top_layers": 2,
+        "pooler": False,
+        "exclude": [],
+        "seed": 3,
+        "std": None,
+    }
+
+
+@pytest.mark.roundtrip
+def test_recipe_output_loads_with_the_reinitialised_layers(ddp_src, tmp_path):
+    import torch
+
+    out = tmp_path / "out"
+    apply(
+        [{"op": "rename", "strip_prefix": "module"}, {"op": "reinit", "top_layers": 1}],
+        ddp_src,
+        out,
+    )
+    model, info = load_model(out, "bert")
+    assert info["missing_keys"] == [] and info["unexpected_keys"] == []
+    state = model.state_dict()
+    for name, tensor in reference_state(out).items():
+        assert_bitwise_equal(state[name], tensor, name)
+    assert torch.equal(state["bert.encoder.layer.3.output.LayerNorm.weight"], torch.ones(32))
+
+
+def test_steps_see_the_names_left_by_earlier_steps(ddp_src, tmp_path):
+    # after the rename, 'cls.*' matches; before it, only 'module.cls.*' would
+    res = apply(
+        [{"op": "rename", "strip_prefix": ["module."]}, {"op": "drop", "patterns": "cls.*"}],
+        ddp_src,
+        tmp_path / "a",
+        dry_run=True,
+    )
+    assert all(t.name.startswith("cls.") for t in res.plan.dropped) and res.plan.dropped
+    code, _, err, _ = cli(
+        "apply",
+        _recipe(
+            tmp_path,
+            [{"op": "drop", "patterns": ["cls.*"]}, {"op": "rename", "strip_prefix": ["module."]}],
+        ),
+        ddp_src,
+        tmp_path / "b",
+    )
+    assert_clean_error(code, err)
+    assert err.startswith(
+        "Error: recipe step 1 (drop): pattern matches no tensor (cls.*): names start with "
+        "'module.' (saved from a wrapped model): pass --strip-prefix module.;"
+    )
+    # reinit after a cast draws in the cast dtype, like the chained commands
+    res = apply(
+        [
+            {"op": "cast", "dtype": "fp16"},
+            {"op": "reinit", "patterns": "module.cls.predictions.bias"},
+        ],
+        ddp_src,
+        tmp_path / "c",
+    )
+    assert (
+        str(reference_state(tmp_path / "c")["module.cls.predictions.bias"].dtype) == "torch.float16"
+    )
+    assert res.plan.count("reinit") == 1
+
+
+def _recipe(tmp_path: Path, steps: object, name: str = "r.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps({"steps": steps}))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        (
+            [{"op": "prune"}],
+            "Error: unknown op 'prune' (recipe step 1): ops are: cast, convert, drop, reinit, rename",
+        ),
+        (
+            [{"op": "drop", "patterns": ["cls.*"]}, {"op": "reinit", "top_layer": 3}],
+            "Error: unknown key 'top_layer' for reinit (recipe step 2 (reinit)): the keys of reinit are: exclude, patterns, pooler, seed, std, top_layers",
+        ),
+        (
+            [{"op": "reinit", "top_layers": "3"}],
+            "Error: top_layers must be an integer, got '3' (recipe step 1 (reinit)): fix the value",
+        ),
+        (
+            [{"op": "reinit", "top_layers": 0}],
+            "Error: top_layers must be >= 1, got 0 (recipe step 1 (reinit)): fix the value",
+        ),
+        ([{"op": "cast"}], "Error: dtype is required (recipe step 1 (cast)): give a value"),
+        (
+            [{"op": "cast", "dtype": "int8"}],
+            "Error: dtype must be one of bf16, fp16, fp32, got 'int8' (recipe step 1 (cast)): fix the value",
+        ),
+        (
+            [{"op": "rename", "sub": ["a", "b"]}],
+            "Error: sub must be a list of [PATTERN, REPLACEMENT] pairs of strings, got ['a', 'b'] (recipe step 1 (rename)): fix the value",
+        ),
+        (
+            [{"op": "drop", "patterns": [1]}],
+            "Error: patterns must be a string or a list of strings, got [1] (recipe step 1 (drop)): fix the value",
+        ),
+        (
+            ["drop"],
+            "Error: a step must be a mapping like {{op: drop, ...}}, got 'drop' (recipe step 1): write each step as {{op: NAME, key: value, ...}}",
+        ),
+        (
+            [],
+            "Error: 'steps' must be a non-empty list of steps (recipe r.json): write steps: [{{op: drop, patterns: ['cls.*']}}, ...]",
+        ),
+        (
+            [{"op": "convert"}, {"op": "drop", "patterns": ["nope.*"]}],
+            "Error: recipe step 2 (drop): pattern matches no tensor (nope.*): check the names with `ckptsurgeon inspect`",
+        ),
+        (
+            [{"op": "drop", "patterns": ["*"]}],
+            "Error: recipe step 1 (drop): the selection drops all 74 tensors; the output would hold none ({src}): narrow -p, or add -x for what to keep",
+        ),
+    ],
+)
+def test_recipe_errors_name_the_step_and_key_before_writing(model_store, tmp_path, steps, message):
+    src = model_store("bert")
+    code, _, err, _ = cli("apply", _recipe(tmp_path, steps), src, tmp_path / "out")
+    assert_clean_error(code, err)
+    assert err.strip() == message.format(src=src)
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_recipe_files_yaml_json_and_broken(model_store, tmp_path):
+    src = model_store("bert")
+    (tmp_path / "r.yaml").write_text("steps:\n  - op: drop\n    patterns: cls.*\n")
+    assert apply(tmp_path / "r.yaml", src, tmp_path / "y", dry_run=True).plan.count("drop") == 5
+    (tmp_path / "bad.yaml").write_text("steps: [ {op: drop\n")
+    code, _, err, _ = cli("apply", tmp_path / "bad.yaml", src, tmp_path / "out")
+    assert_clean_error(code, err, "recipe is not valid YAML", "bad.yaml")
+    code, _, err, _ = cli("apply", tmp_path / "missing.yaml", src, tmp_path / "out")
+    assert_clean_error(code, err, "cannot read the recipe", "missing.yaml")
+    with pytest.raises(RecipeError, match="unknown top-level key 'step'"):
+        Recipe.parse({"step": []})
+
+
+# ---------------------------------------------------------------------------------------------
+# rename
+
+
+@pytest.mark.roundtrip
+def test_rename_strips_ddp_prefix_and_loads_with_no_missing_key(ddp_src, tmp_path):
+    code, out, err, _ = cli("rename", ddp_src, tmp_path / "out", "--strip-prefix", "module.")
+    assert code == 0, err
+    model, info = load_model(tmp_path / "out", "bert")
+    assert info["missing_keys"] == [] and info["unexpected_keys"] == []
+    written = reference_state(tmp_path / "out")
+    assert "bert.embeddings.word_embeddings.weight" in written  # the tied canonical, renamed
+    source = reference_state(ddp_src)
+    for name, tensor in written.items():
+        assert_bitwise_equal(tensor, source["module." + name], name)
+    tied = json.loads(open_checkpoint(tmp_path / "out").metadata["ckptsurgeon"])[
+        "tied_aliases_dropped"
+    ]
+    assert tied["cls.predictions.decoder.weight"] == "bert.embeddings.word_embeddings.weight"
+
+
+@pytest.mark.roundtrip
+def test_encoder_extracted_from_a_classifier_loads_as_the_base_model(model_store, tmp_path):
+    import transformers
+
+    src = model_store("bert-seqcls")
+    apply(
+        [{"op": "drop", "patterns": ["classifier.*"]}, {"op": "rename", "sub": [["^bert\\.", ""]]}],
+        src,
+        tmp_path / "encoder",
+    )
+    assert not any(
+        n.startswith(("bert.", "classifier.")) for n in reference_state(tmp_path / "encoder")
+    )
+    model, info = transformers.BertModel.from_pretrained(
+        str(tmp_path / "encoder"), output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    source = reference_state(src)
+    for name, tensor in model.state_dict().items():
+        assert_bitwise_equal(tensor, source["bert." + name], name)
+
+
+@pytest.mark.roundtrip
+def test_add_prefix_and_sub_make_a_headless_checkpoint_load_as_another_family(
+    model_store, tmp_path
+):
+    """A BertModel's weights under RoBERTa's names (same architecture) load as RobertaModel."""
+    import torch
+    import transformers
+
+    cfg = transformers.RobertaConfig(
+        vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=37, max_position_embeddings=66, type_vocab_size=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    bert = transformers.BertModel(
+        transformers.BertConfig(**{**cfg.to_dict(), "model_type": "bert"})
+    )
+    src = tmp_path / "headless"
+    bert.save_pretrained(src)
+    cfg.save_pretrained(src)  # the target family's config
+    rename(src, tmp_path / "out", add_prefix="roberta.")
+    model, info = transformers.RobertaModel.from_pretrained(
+        str(tmp_path / "out"), output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    for name, tensor in bert.state_dict().items():
+        assert_bitwise_equal(model.state_dict()[name], tensor, name)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--sub", "layer\\.\\d+", "layer"],
+            "Error: the rename makes 'bert.encoder.layer.0.attention.output.LayerNorm.bias' and 'bert.encoder.layer.1.attention.output.LayerNorm.bias' the same name 'bert.encoder.layer.attention.output.LayerNorm.bias' ({src}): rename them apart, or drop one of the two first",
+        ),
+        (
+            ["--sub", ".*", ""],
+            "Error: the rename makes 'bert.embeddings.LayerNorm.bias' an empty name (bert.embeddings.LayerNorm.bias): keep at least one character",
+        ),
+        (
+            ["--sub", "^nothing", "x"],
+            "Error: the rename changes no name ({src}): check the patterns with `ckptsurgeon inspect`",
+        ),
+        (
+            ["--sub", "(", "x"],
+            "Error: --sub pattern is not a valid regular expression (missing ), unterminated subpattern at position 0) ((): fix the pattern (Python re syntax)",
+        ),
+        (
+            [],
+            "Error: nothing to rename ({src}): give --sub REGEX REPL, --add-prefix or --strip-prefix",
+        ),
+        (
+            ["--strip-prefix", "module."],
+            "Error: no tensor name starts with 'module.' ({src}): names start like 'bert.embeddings.LayerNorm.bias'",
+        ),
+    ],
+)
+def test_rename_errors(model_store, tmp_path, args, message):
+    src = model_store("bert")
+    code, _, err, _ = cli("rename", src, tmp_path / "out", *args)
+    assert_clean_error(code, err)
+    assert err.strip() == message.format(src=src)
+    assert list(tmp_path.iterdir()) == []
