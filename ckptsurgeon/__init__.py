@@ -12,7 +12,17 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import Result, apply, cast, convert, drop, reinit, rename
+from .api import (
+    Result,
+    apply,
+    cast,
+    convert,
+    drop,
+    layers,
+    reinit,
+    rename,
+    resize_vocab,
+)
 from .checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from .diff import DiffResult, diff
 from .errors import (
@@ -61,8 +71,10 @@ __all__ = [
     "diff",
     "drop",
     "inspect",
+    "layers",
     "open_checkpoint",
     "parse_size",
     "reinit",
     "rename",
+    "resize_vocab",
 ]

@@ -292,3 +292,57 @@ def rename(
         max_shard_size=max_shard_size,
         overwrite=overwrite,
     )
+
+
+def layers(
+    src: PathLike,
+    dest: PathLike,
+    *,
+    keep: str | Sequence[int | str] | None = None,
+    drop: str | Sequence[int | str] | None = None,
+    stack: str | None = None,
+    dry_run: bool = False,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    overwrite: bool = False,
+) -> Result:
+    """Keep (in a new order, repeats allowed) or drop blocks of a layer stack, renumbered
+    0..k-1 and copied byte for byte; config.json's layer count follows.
+
+    >>> layers("bert-base/", "student/", keep="0,2,4,7,9,11")  # doctest: +SKIP
+    """
+    return _verb(
+        "layers",
+        src,
+        dest,
+        {"keep": keep, "drop": drop, "stack": stack},
+        dry_run=dry_run,
+        max_shard_size=max_shard_size,
+        overwrite=overwrite,
+    )
+
+
+def resize_vocab(
+    src: PathLike,
+    dest: PathLike,
+    size: int,
+    *,
+    init: str = "mean",
+    seed: int = 0,
+    dry_run: bool = False,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    overwrite: bool = False,
+) -> Result:
+    """Grow or shrink every vocabulary-sized tensor to ``size`` rows (new rows: ``mean`` of
+    the existing ones, or ``normal``); config.json's vocab_size follows.
+
+    >>> resize_vocab("bert/", "bert-more-tokens/", 30600)  # doctest: +SKIP
+    """
+    return _verb(
+        "resize-vocab",
+        src,
+        dest,
+        {"size": size, "init": init, "seed": seed},
+        dry_run=dry_run,
+        max_shard_size=max_shard_size,
+        overwrite=overwrite,
+    )

@@ -220,6 +220,15 @@ _DETAILS = {
     "cast": "Default: every floating tensor; -p/-x narrow it. Integer and bool tensors are "
     "never cast. Values are bit-identical to torch's tensor.to(dtype) (round to nearest even, "
     "NaN and Inf kept); config.json's dtype is set when every floating tensor ends up cast.",
+    "layers": "LIST is indices and inclusive ranges: 0,2,4,7,9,11 or 0-5. --keep gives the new "
+    "order (repeats allowed: 0-7,4-11 copies blocks 4-7 twice); --drop removes. The stack is "
+    "found as --top-layers finds it; --stack PREFIX chooses one when there are several. Kept "
+    "blocks are renumbered 0..k-1 and copied byte for byte; config.json's layer count and "
+    "per-layer lists follow.",
+    "resize-vocab": "Resizes the word embeddings, an untied output head and the head bias; a "
+    "tied head follows its embeddings. Shrinking keeps the first N rows; new rows are the mean "
+    "of the existing rows (--init mean) or N(0, initializer_range) (--init normal, seeded like "
+    "reinit); new bias entries are 0. A pad_token_id that no longer fits is an error.",
     "rename": "In this order: --strip-prefix, each --sub, --add-prefix. Tied aliases are renamed "
     "with their canonical tensor. Two names becoming one, an empty name and a rename that "
     "changes nothing are errors.",
@@ -490,14 +499,20 @@ def _pair(x: str | None, y: str | None) -> str:
     return f"{x or '-'} -> {y or '-'}"
 
 
-_PAST = {"drop": "dropped", "reinit": "re-initialised", "cast": "cast", "rename": "renamed"}
+_PAST = {
+    "drop": "dropped",
+    "reinit": "re-initialised",
+    "resize": "resized",
+    "cast": "cast",
+    "rename": "renamed",
+}
 
 
 def _summary(plan: Any) -> str:
     if plan.operation == "convert":
         return f"{len(plan.tensors)} tensors converted"
-    if plan.operation in _PAST:
-        action = plan.operation
+    action = {"resize-vocab": "resize"}.get(plan.operation, plan.operation)
+    if action in _PAST:
         changed = [t for t in plan.changed() if _action(plan, t) == action]
         params = sum(numel_of(t.shape) for t in changed)
         kept = len(plan.tensors) - (0 if action == "drop" else len(changed))

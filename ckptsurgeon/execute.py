@@ -16,11 +16,11 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 from .checkpoint import Checkpoint
-from .dtypes import DTYPES, cast_bytes
+from .dtypes import DTYPES, cast_bytes, from_float32, numel_of, to_float
 from .init_rules import generate
 from .pipeline import background, ordered_map
-from .plan import Copy, Generate, Plan, PlannedTensor
-from .tensorio import TensorReader, write_all
+from .plan import Copy, Generate, Plan, PlannedTensor, Rows
+from .tensorio import TensorInfo, TensorReader, write_all
 from .writer import (
     DEFAULT_MAX_SHARD_SIZE,
     OutTensor,
@@ -105,6 +105,51 @@ def _casts(
         yield data
 
 
+def _rows(
+    p: PlannedTensor, info: TensorInfo, reader: TensorReader, threads: int | None
+) -> Iterator[bytes | memoryview]:
+    """The first rows of a source tensor, then the new rows (``Rows``), chunk by chunk.
+
+    ``mean`` reads the tensor once first (float64 column sums, memory one row); the new rows
+    are that mean rounded to nearest even into the dtype, as every generated value is."""
+    import numpy as np
+
+    spec = p.source
+    assert isinstance(spec, Rows)
+    rows = info.shape[0]
+    row_elems = numel_of(info.shape[1:])
+    row_bytes = info.nbytes // rows if rows else 0
+    want = spec.keep * row_bytes
+    for chunk in reader.chunks(info, CHUNK_BYTES):
+        if want <= 0:
+            break
+        piece = chunk[:want] if len(chunk) > want else chunk
+        want -= len(piece)
+        yield piece
+    if not spec.new:
+        return
+    if spec.fill == "normal":
+        assert spec.rule is not None
+        shape = (spec.new, *info.shape[1:])
+        yield from generate(spec.stream, p.native, shape, spec.rule, spec.seed, threads)
+        return
+    if spec.fill == "mean":
+        sums = np.zeros(row_elems, dtype=np.float64)
+        carry = np.zeros(0, dtype=np.float64)
+        for chunk in reader.chunks(info, CHUNK_BYTES):
+            values = np.concatenate([carry, to_float(chunk, info.dtype)])
+            whole = values.size - values.size % max(row_elems, 1)
+            sums += values[:whole].reshape(-1, row_elems).sum(axis=0)
+            carry = values[whole:]
+        row = (sums / max(rows, 1)).astype(np.float32)
+    else:
+        row = np.zeros(row_elems, dtype=np.float32)
+    per_chunk = max(1, (CHUNK_BYTES // max(row_bytes, 1)))
+    for start in range(0, spec.new, per_chunk):
+        n = min(per_chunk, spec.new - start)
+        yield from_float32(np.tile(row, n), p.native)
+
+
 def config_bytes(plan: Plan) -> bytes | None:
     """config.json as edited by the plan (key order kept, save_pretrained's indent), or None."""
     if not plan.config_edits or plan.config is None:
@@ -129,7 +174,7 @@ def execute(
     computed = [
         planned[t.name]
         for t in order
-        if isinstance(planned[t.name].source, Generate) or planned[t.name].casts
+        if not isinstance(planned[t.name].source, Copy) or planned[t.name].casts
     ]
     counter = _CastCounter()
     notes: list[str] = []
@@ -137,7 +182,7 @@ def execute(
         reader = stack.enter_context(ckpt.reader())
         # the producer thread reads through its own reader (file handles, torch state)
         side_reader: TensorReader | None = None
-        if any(isinstance(p.source, Copy) for p in computed):
+        if any(isinstance(p.source, Copy | Rows) for p in computed):
             side_reader = stack.enter_context(ckpt.reader())
 
         def produce() -> Iterator[tuple[str, bytes | memoryview]]:
@@ -145,6 +190,9 @@ def execute(
                 if isinstance(p.source, Generate):
                     g = p.source
                     raw = generate(g.stream, p.native, p.shape, g.rule, g.seed, threads)
+                elif isinstance(p.source, Rows):
+                    assert side_reader is not None
+                    raw = _rows(p, infos[p.source.tensor], side_reader, threads)
                 else:
                     assert side_reader is not None
                     raw = side_reader.chunks(infos[p.source.tensor], CHUNK_BYTES)

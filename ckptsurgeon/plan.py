@@ -38,6 +38,27 @@ class Generate:
 
 
 @dataclass(frozen=True)
+class Rows:
+    """The first ``keep`` rows of a source tensor, then ``new`` rows: each the ``mean`` of the
+    source's rows, ``zeros``, or drawn by ``rule`` from the stream of (``seed``, ``stream``)."""
+
+    tensor: str
+    keep: int
+    new: int
+    fill: str  # "mean", "zeros" or "normal"
+    rule: Rule | None = None
+    stream: str = ""
+    seed: int = 0
+
+    def describe(self) -> str:
+        text = f"rows 0-{self.keep - 1} of {self.tensor}"
+        if self.new:
+            what = self.rule.describe() if self.rule is not None else self.fill
+            text += f" + {self.new} new rows ({what})"
+        return text
+
+
+@dataclass(frozen=True)
 class PlannedTensor:
     """One output tensor. ``native`` is the dtype its source yields; ``casts`` the dtypes it is
     then converted to, in order (the last is the output dtype)."""
@@ -45,7 +66,7 @@ class PlannedTensor:
     name: str
     native: str
     shape: tuple[int, ...]
-    source: Copy | Generate
+    source: Copy | Generate | Rows
     casts: tuple[str, ...] = ()
     renamed_from: str | None = None  # the source name, when an operation renamed it
 
@@ -64,9 +85,11 @@ class PlannedTensor:
 
     @property
     def action(self) -> str:
-        """What happens to it: ``reinit``, ``cast``, ``rename`` or ``keep``."""
+        """What happens to it: ``reinit``, ``resize``, ``cast``, ``rename`` or ``keep``."""
         if isinstance(self.source, Generate):
             return "reinit"
+        if isinstance(self.source, Rows):
+            return "resize"
         if self.casts:
             return "cast"
         return "rename" if self.renamed_from is not None else "keep"
@@ -75,6 +98,8 @@ class PlannedTensor:
         """``copy``, ``copy of NAME``, ``normal(0, 0.02)``, ``..., cast F32 -> BF16``."""
         if isinstance(self.source, Generate):
             text = self.source.rule.describe()
+        elif isinstance(self.source, Rows):
+            text = self.source.describe()
         elif self.source.tensor != self.name:
             text = f"copy of {self.source.tensor}"
         else:

@@ -75,6 +75,8 @@ class Recipe:
                     "write each step as {op: NAME, key: value, ...}",
                 )
             name = raw.get("op")
+            if isinstance(name, str):
+                name = name.replace("_", "-")  # resize_vocab and resize-vocab alike
             if name not in OPERATIONS:
                 raise RecipeError(
                     f"unknown op {name!r}",

@@ -29,24 +29,46 @@ def find_layer_stacks(names: Sequence[str]) -> dict[str, list[int]]:
     return {prefix: sorted(idx) for prefix, idx in sorted(stacks.items())}
 
 
-def config_layer_count(config: dict[str, Any] | None) -> int | None:
+def config_layer_count(config: dict[str, Any] | None, stack: str = "") -> int | None:
+    """The layer count config.json gives for ``stack`` (T5's decoder: ``num_decoder_layers``)."""
+    key = config_layer_key(config, stack)
+    return None if key is None else int((config or {})[key])
+
+
+def config_layer_key(config: dict[str, Any] | None, stack: str = "") -> str | None:
+    """The config key holding the layer count of ``stack``, if the config has one."""
     cfg = config or {}
-    for key in LAYER_COUNT_KEYS:
+    keys = list(LAYER_COUNT_KEYS)
+    if stack.split(".")[0] == "decoder" or ".decoder." in f".{stack}.":
+        keys.insert(0, "num_decoder_layers")
+    for key in keys:
         value = cfg.get(key)
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            return key
     return None
 
 
-def top_layer_patterns(
-    names: Sequence[str], n: int, config: dict[str, Any] | None, where: str
-) -> list[str]:
-    """Patterns for the ``n`` highest-numbered blocks of the encoder stack."""
-    if n <= 0:
-        raise SelectionError(
-            f"--top-layers must be at least 1, got {n}", where, "give a positive layer count"
-        )
+def resolve_stack(
+    names: Sequence[str], config: dict[str, Any] | None, where: str, stack: str | None = None
+) -> tuple[str, int]:
+    """The block stack to work on and its layer count: the only one found, or ``stack``.
+
+    Errors: no stack, several (they are listed), gaps in the numbering, a config.json whose
+    layer count disagrees with the weights."""
     stacks = find_layer_stacks(names)
+    if stack is not None:
+        stack = stack.rstrip(".")
+        indices = sorted(
+            {int(m.group(1)) for n in names if (m := re.match(re.escape(stack) + r"\.(\d+)\.", n))}
+        )
+        if not indices:
+            found = ", ".join(stacks) or "none"
+            raise SelectionError(
+                f"no layer stack {stack!r} (no names like '{stack}.0.*')",
+                where,
+                f"stacks found: {found}",
+            )
+        stacks = {stack: indices}
     if not stacks:
         raise SelectionError(
             "no encoder layer stack found (looked for '<model>.encoder.layer.N.' and "
@@ -59,7 +81,7 @@ def top_layer_patterns(
         raise SelectionError(
             f"several layer stacks found: {found}",
             where,
-            "select layers with -p patterns, e.g. -p '<stack>.{9..11}.*'",
+            "choose one with --stack PREFIX, or select layers with -p patterns",
         )
     ((prefix, indices),) = stacks.items()
     count = max(indices) + 1
@@ -70,7 +92,7 @@ def top_layer_patterns(
             where,
             "select layers with -p patterns instead",
         )
-    expected = config_layer_count(config)
+    expected = config_layer_count(config, prefix)
     if expected is not None and expected != count:
         raise SelectionError(
             f"config.json says {expected} layers but the weights have {count} "
@@ -78,6 +100,18 @@ def top_layer_patterns(
             where,
             "check that config.json belongs to these weights",
         )
+    return prefix, count
+
+
+def top_layer_patterns(
+    names: Sequence[str], n: int, config: dict[str, Any] | None, where: str
+) -> list[str]:
+    """Patterns for the ``n`` highest-numbered blocks of the encoder stack."""
+    if n <= 0:
+        raise SelectionError(
+            f"--top-layers must be at least 1, got {n}", where, "give a positive layer count"
+        )
+    prefix, count = resolve_stack(names, config, where)
     if n > count:
         raise SelectionError(
             f"--top-layers {n} is more than the {count} layers found ({prefix}.0-{count - 1})",

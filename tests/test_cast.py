@@ -191,3 +191,24 @@ def test_diff_ignore_dtype_passes_a_correct_cast(model_store, tmp_path):
     cast(tmp_path / "bf16", tmp_path / "f32", "fp32")
     code, out, _, _ = cli("diff", tmp_path / "bf16", tmp_path / "f32", "--ignore-dtype", "--json")
     assert code == 0 and set(json.loads(out)["summary"]) == {"identical"}
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"), [("F32", "bf16"), ("F32", "fp16"), ("BF16", "fp32"), ("F16", "bf16")]
+)
+def test_cast_command_output_equals_torch_to_bit_for_bit(tmp_path, src, dst):
+    """Through files and the streaming executor (several chunks), not just the kernel."""
+    import torch
+
+    raw = _patterns(src)
+    if src == "F32":
+        raw = np.concatenate([raw] * 12)  # > 8 MiB: several chunks, cast on several threads
+    ints = {2: np.int16, 4: np.int32}[raw.itemsize]
+    _write(tmp_path / "src", {"t": (src, raw)})
+    res = cast(tmp_path / "src", tmp_path / "out", dst)
+    target = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dst]
+    want = torch.from_numpy(raw.view(ints).copy()).view(_torch(src)).to(target)
+    got = reference_state(tmp_path / "out")["t"]
+    assert_bitwise_equal(got, want, f"{src}->{dst}")
+    if src == "F32":
+        assert any("overflowed to Inf" in n for n in res.notes)

@@ -10,9 +10,13 @@ from .base import Operation, Option
 from .cast import CAST
 from .convert import CONVERT
 from .drop import DROP
+from .layers import LAYERS
 from .reinit import REINIT
 from .rename import RENAME
+from .vocab import RESIZE_VOCAB
 
-OPERATIONS: dict[str, Operation] = {op.name: op for op in (CONVERT, DROP, REINIT, CAST, RENAME)}
+OPERATIONS: dict[str, Operation] = {
+    op.name: op for op in (CONVERT, DROP, REINIT, CAST, RENAME, LAYERS, RESIZE_VOCAB)
+}
 
 __all__ = ["OPERATIONS", "Operation", "Option"]

@@ -55,6 +55,18 @@ class Option:
             if not isinstance(value, str):
                 raise bad("a string")
             return value
+        if self.kind == "layers":  # "0,2,4-6" or [0, 2, "4-6"]: checked, kept as a list
+            from .layers import parse_layer_list
+
+            ok = isinstance(value, str) or (
+                isinstance(value, list) and all(isinstance(v, int | str) for v in value)
+            )
+            if not ok:
+                raise bad("a list of layer indices and ranges like 0,2,4-6")
+            try:
+                return parse_layer_list(value, label)
+            except RecipeError as exc:
+                raise RecipeError(exc.what, where, exc.hint) from None
         if self.kind in ("patterns", "strings"):
             if isinstance(value, str):
                 return [value]

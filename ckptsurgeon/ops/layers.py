@@ -1,0 +1,146 @@
+"""``layers``: a shallower (or deeper) model from a block stack: keep, drop, reorder, repeat.
+
+``--keep 0,2,4,7,9,11`` gives the new order (a repeat such as ``0-7,4-11`` copies those blocks
+twice: depth up-scaling); ``--drop 6-11`` removes. Kept blocks are renumbered 0..k-1 and copied
+byte for byte under their new names; everything outside the stack is unchanged. config.json's
+layer count (``num_hidden_layers``, ``n_layer``, ``num_layers``, ``n_layers``; T5's decoder:
+``num_decoder_layers``) and every per-layer list of the old length (``layer_types``...) follow.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from ..errors import RecipeError, SelectionError
+from ..plan import Plan, PlannedTensor
+from ..selection import config_layer_key, resolve_stack
+from .base import Operation, Option
+
+_ITEM_RE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
+
+
+def parse_layer_list(value: str | Sequence[int | str], label: str = "LIST") -> list[int]:
+    """``"0,2,4-6"`` or ``[0, 2, "4-6"]`` -> ``[0, 2, 4, 5, 6]`` (inclusive ranges, order kept)."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out: list[int] = []
+    for item in items:
+        if isinstance(item, int) and not isinstance(item, bool):
+            out.append(item)
+            continue
+        match = _ITEM_RE.match(item) if isinstance(item, str) else None
+        if match is None:
+            raise RecipeError(
+                f"{label} item {item!r} is not an index or a range",
+                str(value),
+                "write indices and inclusive ranges: 0,2,4-6",
+            )
+        lo = int(match.group(1))
+        hi = int(match.group(2)) if match.group(2) is not None else lo
+        if hi < lo:
+            raise RecipeError(
+                f"{label} range {item!r} runs backwards", str(value), f"write {hi}-{lo}"
+            )
+        out.extend(range(lo, hi + 1))
+    return out
+
+
+def plan_layers(
+    plan: Plan, keep: list[int] | None, drop: list[int] | None, stack: str | None
+) -> Plan:
+    if (keep is None) == (drop is None):
+        raise SelectionError(
+            "give exactly one of --keep LIST and --drop LIST", plan.source, "e.g. --keep 0,2,4"
+        )
+    names = [*plan.names, *plan.aliases]
+    prefix, count = resolve_stack(names, plan.config, plan.source, stack)
+    wanted = keep if keep is not None else drop or []
+    bad = [i for i in wanted if not 0 <= i < count]
+    if bad:
+        raise SelectionError(
+            f"layer {bad[0]} is out of range: {prefix} has layers 0-{count - 1}",
+            plan.source,
+            f"give indices from 0 to {count - 1}",
+        )
+    order = wanted if keep is not None else [i for i in range(count) if i not in set(wanted)]
+    if not order:
+        raise SelectionError(
+            f"no layer of {prefix} would remain", plan.source, "keep at least one layer"
+        )
+    layer_re = re.compile(re.escape(prefix) + r"\.(\d+)\.(.*)$")
+    by_layer: dict[int, list[PlannedTensor]] = {}
+    out: list[PlannedTensor] = []
+    stack_at = None
+    for t in plan.tensors:
+        m = layer_re.match(t.name)
+        if m is None:
+            out.append(t)
+            continue
+        if stack_at is None:
+            stack_at = len(out)
+        by_layer.setdefault(int(m.group(1)), []).append(t)
+    block: list[PlannedTensor] = []
+    for new, old in enumerate(order):
+        for t in by_layer.get(old, []):
+            rest = layer_re.match(t.name).group(2)  # type: ignore[union-attr]
+            name = f"{prefix}.{new}.{rest}"
+            block.append(
+                replace(t, name=name, renamed_from=t.renamed_from or t.name)
+                if name != t.name
+                else t
+            )
+    out[stack_at or 0 : stack_at or 0] = block
+    aliases = {}
+    for alias, canonical in plan.aliases.items():
+        ma, mc = layer_re.match(alias), layer_re.match(canonical)
+        if ma is None and mc is None:
+            aliases[alias] = canonical
+            continue
+        for new, old in enumerate(order):  # a tied pair inside one block follows the block
+            if ma is not None and mc is not None and int(ma.group(1)) == int(mc.group(1)) == old:
+                aliases[f"{prefix}.{new}.{ma.group(2)}"] = f"{prefix}.{new}.{mc.group(2)}"
+    removed = tuple(t for i, ts in sorted(by_layer.items()) if i not in set(order) for t in ts)
+    plan = replace(plan, tensors=tuple(out), aliases=aliases, dropped=(*plan.dropped, *removed))
+    return plan.with_config(_config_edits(plan.config, prefix, count, order))
+
+
+def _config_edits(
+    config: dict[str, Any] | None, prefix: str, count: int, order: list[int]
+) -> dict[str, Any]:
+    if config is None:
+        return {}
+    edits: dict[str, Any] = {}
+    key = config_layer_key(config, prefix)
+    if key is not None:
+        edits[key] = len(order)
+    if count >= 2:
+        for k, v in config.items():
+            if isinstance(v, list) and len(v) == count and k != "architectures":
+                edits[k] = [v[i] for i in order]
+    return edits
+
+
+LAYERS = Operation(
+    "layers",
+    "Keep, drop, reorder or repeat the blocks of a layer stack; config.json follows.",
+    (
+        Option(
+            "keep",
+            ("--keep",),
+            "layers",
+            "Blocks to keep, in the new order: 0,2,4-6 (repeats allowed).",
+            metavar="LIST",
+        ),
+        Option("drop", ("--drop",), "layers", "Blocks to remove: 6-11.", metavar="LIST"),
+        Option(
+            "stack",
+            ("--stack",),
+            "str",
+            "The stack to work on when there are several (e.g. decoder.block).",
+            metavar="PREFIX",
+        ),
+    ),
+    plan_layers,
+)

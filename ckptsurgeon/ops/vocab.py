@@ -1,0 +1,146 @@
+"""``resize-vocab``: every vocabulary-sized tensor grown or shrunk, as ``resize_token_embeddings``
+does, but offline and streaming.
+
+Resized: the word embeddings, an untied output head and the head's bias (BERT
+``cls.predictions.bias``, RoBERTa ``lm_head.bias``); a tied head follows its embeddings (stored
+once, it needs nothing; stored separately, it gets the same rows). Shrinking keeps the first N
+rows. New rows: ``mean`` (default) is the mean of the existing rows, what transformers' resize
+does without its covariance sampling; ``normal`` is N(0, std) drawn from the stream of (seed,
+tensor name), as ``reinit`` draws; new bias entries are 0. config.json's ``vocab_size`` follows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..errors import SelectionError
+from ..init_rules import Rule, std_from
+from ..plan import Copy, Plan, PlannedTensor, Rows
+from ..ties import name_ties
+from .base import Operation, Option
+
+_EMBEDDING_ENDS = ("word_embeddings.weight", "embed_tokens.weight", "wte.weight", "shared.weight")
+_HEAD_ENDS = (
+    "lm_head.weight",
+    "predictions.decoder.weight",
+    "lm_head.decoder.weight",
+    "vocab_projector.weight",
+    "generator_lm_head.weight",
+)
+_BIAS_ENDS = (
+    "predictions.bias",
+    "predictions.decoder.bias",
+    "lm_head.bias",
+    "lm_head.decoder.bias",
+    "vocab_projector.bias",
+    "generator_lm_head.bias",
+)
+
+
+def vocab_tensors(plan: Plan) -> tuple[int, list[PlannedTensor]]:
+    """The current vocabulary size and the tensors that have one row per token."""
+    embeddings = [t for t in plan.tensors if t.name.endswith(_EMBEDDING_ENDS) and len(t.shape) == 2]
+    cfg_size = (plan.config or {}).get("vocab_size")
+    if isinstance(cfg_size, int) and not isinstance(cfg_size, bool):
+        size = cfg_size
+    elif embeddings:
+        size = embeddings[0].shape[0]
+    else:
+        raise SelectionError(
+            "no word embeddings found (looked for '*word_embeddings.weight', "
+            "'*embed_tokens.weight', '*wte.weight', 'shared.weight')",
+            plan.source,
+            "this operation needs the model's embedding matrix",
+        )
+    found = [
+        t
+        for t in plan.tensors
+        if t.shape
+        and t.shape[0] == size
+        and (
+            (len(t.shape) == 2 and t.name.endswith(_EMBEDDING_ENDS + _HEAD_ENDS))
+            or (len(t.shape) == 1 and t.name.endswith(_BIAS_ENDS))
+        )
+    ]
+    if not any(t.name.endswith(_EMBEDDING_ENDS) for t in found):
+        raise SelectionError(
+            f"no word embeddings with vocab_size {size} rows",
+            plan.source,
+            "check that config.json's vocab_size belongs to these weights",
+        )
+    return size, found
+
+
+def plan_resize_vocab(plan: Plan, size: int, init: str, seed: int) -> Plan:
+    old, tensors = vocab_tensors(plan)
+    if size == old:
+        raise SelectionError(
+            f"the vocabulary already has {size} entries", plan.source, "give another --size"
+        )
+    pad = (plan.config or {}).get("pad_token_id")
+    if isinstance(pad, int) and not isinstance(pad, bool) and pad >= size:
+        raise SelectionError(
+            f"pad_token_id {pad} does not fit a vocabulary of {size}",
+            plan.source,
+            f"give --size > {pad}, or change pad_token_id in config.json first",
+        )
+    for t in tensors:
+        if not isinstance(t.source, Copy) or t.casts:
+            raise SelectionError(
+                f"{t.name} is already re-initialised or cast at this point of the recipe",
+                t.name,
+                "put the resize-vocab step before reinit and cast steps",
+            )
+    ties = name_ties(plan.names, plan.config)
+    std = std_from(plan.config, None)
+    chosen = {t.name: t for t in tensors}
+    out = []
+    for t in plan.tensors:
+        if t.name not in chosen:
+            out.append(t)
+            continue
+        assert isinstance(t.source, Copy)
+        grow = max(size - old, 0)
+        bias = len(t.shape) == 1
+        fill = "zeros" if bias else init
+        rule = Rule("normal", std) if fill == "normal" else None
+        stream = ties.get(t.name, t.name)  # a tied head draws its embeddings' values
+        rows = Rows(t.source.tensor, min(size, old), grow, fill, rule, stream, seed)
+        out.append(replace(t, shape=(size, *t.shape[1:]), source=rows))
+    resized = replace(plan, tensors=tuple(out))
+    return resized.with_config({"vocab_size": size}) if plan.config is not None else resized
+
+
+RESIZE_VOCAB = Operation(
+    "resize-vocab",
+    "Grow or shrink the vocabulary: embeddings, head and head bias; config.json follows.",
+    (
+        Option(
+            "size",
+            ("--size",),
+            "int",
+            "The new vocabulary size.",
+            metavar="N",
+            minimum=1,
+            required=True,
+        ),
+        Option(
+            "init",
+            ("--init",),
+            "choice",
+            "New rows: the mean of the existing rows, or N(0, initializer_range).",
+            "mean",
+            choices=("mean", "normal"),
+        ),
+        Option(
+            "seed",
+            ("--seed",),
+            "int",
+            "Seed of --init normal; values depend only on (seed, tensor name).",
+            0,
+            minimum=0,
+            maximum=2**63 - 1,
+        ),
+    ),
+    plan_resize_vocab,
+)
