@@ -419,6 +419,25 @@ def recipe_suite(
     return res
 
 
+def layers_suite(report: Report, name: str, src: Path, keep: str, reps: int) -> float:
+    """``layers`` against `cp`+sync of the bytes it writes: its own output, made once untimed,
+    is what the reference copies."""
+    made = CACHE / f"{name}-layers"
+    subprocess.run(
+        [*CKPT, "layers", src, made, "--keep", keep, "--overwrite"], check=True, capture_output=True
+    )
+    warm(src)
+    warm(made)
+    res = paired(
+        {f"layers --keep {keep}": ck("layers", src, OUT / "l", "--keep", keep)}, cp_sync(made), reps
+    )
+    ref = res.pop("reference")
+    for job, runs in res.items():
+        report.add(name, job, runs, f"{runs.ratio:.2f}x (of its output)")
+    report.add(name, "cp+sync of the layers output", ref)
+    return res[f"layers --keep {keep}"].ratio
+
+
 def prefixed(src: Path, dest: Path) -> Path:
     """``src`` with every name under DDP's ``module.`` (what a wrapped training run saves)."""
     if not dest.exists():
@@ -483,6 +502,13 @@ def main() -> None:
             r = res[job].ratio
             report.target(f"bert-base {job} <= 1.5x cp+sync", r <= 1.5, f"{r:.2f}x")
 
+        student = layers_suite(report, "bert-base", base, "0,2,4,7,9,11", args.reps)
+        report.target(
+            "bert-base layers --keep 0,2,4,7,9,11 <= 1.1x cp+sync of the bytes it writes",
+            student <= 1.1,
+            f"{student:.2f}x",
+        )
+
     if not args.skip_large:
         res = bert_suite(report, "bert-large", large, 24, args.reps, baselines=False)
         r = res["cast bf16"].ratio
@@ -503,6 +529,8 @@ def main() -> None:
             "reinit top3": ck("reinit", big, OUT / "r", "--top-layers", 3, *shard),
             "cast fp16": ck("cast", big, OUT / "f", "--dtype", "fp16", *shard),
             "rename": ck("rename", big, OUT / "n", "--sub", "^model\\.", "base.", *shard),
+            "layers --keep 0-12": ck("layers", big, OUT / "l", "--keep", "0-12", *shard),
+            "resize-vocab +100 mean": ck("resize-vocab", big, OUT / "v", "--size", 32100, *shard),
         }
         res = paired(jobs, cp_sync(big), args.reps)
         res["cp+sync"] = res.pop("reference")
