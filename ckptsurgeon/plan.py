@@ -204,12 +204,17 @@ class Plan:
         return [t for t in self.tensors if t.action != "keep"] + list(self.dropped)
 
     def with_config(self, edits: dict[str, Any]) -> Plan:
-        """This plan with config.json keys set (recorded as edits; key order kept)."""
+        """This plan with config.json keys set (recorded as edits; key order kept). A dotted
+        key sets a sub-config's key (``text_config.num_hidden_layers``)."""
         config = copy.deepcopy(self.config) if self.config is not None else {}
         recorded = list(self.config_edits)
         for key, value in edits.items():
-            recorded.append(ConfigEdit(key, config.get(key), value))
-            config[key] = value
+            *parents, leaf = key.split(".")
+            target = config
+            for part in parents:
+                target = target.setdefault(part, {})
+            recorded.append(ConfigEdit(key, target.get(leaf), value))
+            target[leaf] = value
         return replace(self, config=config, config_edits=tuple(recorded))
 
     def warn(self, *messages: str) -> Plan:

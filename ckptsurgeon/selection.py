@@ -11,40 +11,60 @@ from .config import LAYER_COUNT_KEYS
 from .errors import PatternError, SelectionError
 from .patterns import as_patterns, select
 
-# The encoder stack of BERT-family models, with or without the model prefix (and the block
-# stacks of decoder-style checkpoints: ``model.layers.N``, ``transformer.h.N``).
+# Numbered block stacks, with up to two components of prefix: BERT-family
+# ``bert.encoder.layer.N``, DeBERTa ``deberta.encoder.layer.N``, DistilBERT
+# ``distilbert.transformer.layer.N``, Llama/ModernBERT ``model.layers.N``, GPT-2/GPT-J/BLOOM
+# ``transformer.h.N``, OPT ``model.decoder.layers.N``, T5 ``encoder.block.N`` and
+# ``decoder.block.N``, CLIP ``text_model.encoder.layers.N`` and ``vision_model.encoder.layers.N``.
 _STACK_RE = re.compile(
-    r"^((?:[A-Za-z_][A-Za-z0-9_]*\.)?(?:(?:encoder|transformer)\.layer|layers|h))\.(\d+)\."
+    r"^((?:[A-Za-z_][A-Za-z0-9_]*\.){0,2}?(?:(?:encoder|transformer)\.layers?|layers|h|block))"
+    r"\.(\d+)\."
 )
 POOLER_PATTERN = "*pooler.dense.*"
 
 
 def find_layer_stacks(names: Sequence[str]) -> dict[str, list[int]]:
-    """``{"bert.encoder.layer": [0, 1, ...]}``: every numbered block stack found in the names."""
+    """``{"bert.encoder.layer": [0, 1, ...]}``: every numbered block stack found in the names.
+    Names under a wrapper prefix (``module.``) are not a stack: strip the prefix first."""
     stacks: dict[str, set[int]] = {}
     for name in names:
+        if name.startswith(("module.", "_orig_mod.")):
+            continue
         match = _STACK_RE.match(name)
         if match:
             stacks.setdefault(match.group(1), set()).add(int(match.group(2)))
     return {prefix: sorted(idx) for prefix, idx in sorted(stacks.items())}
 
 
+# Towers whose layer counts live in a sub-config (CLIP, SigLIP...).
+_SUB_CONFIGS = {"text_model": "text_config", "vision_model": "vision_config"}
+
+
+def config_get(config: dict[str, Any] | None, key: str) -> Any:
+    """``config[key]``, where ``key`` may be dotted into a sub-config (``text_config.x``)."""
+    value: Any = config or {}
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
 def config_layer_count(config: dict[str, Any] | None, stack: str = "") -> int | None:
     """The layer count config.json gives for ``stack`` (T5's decoder: ``num_decoder_layers``)."""
     key = config_layer_key(config, stack)
-    return None if key is None else int((config or {})[key])
+    return None if key is None else int(config_get(config, key))
 
 
 def config_layer_key(config: dict[str, Any] | None, stack: str = "") -> str | None:
-    """The config key holding the layer count of ``stack``, if the config has one."""
-    cfg = config or {}
+    """The (possibly dotted) config key holding the layer count of ``stack``, if any."""
+    sub = _SUB_CONFIGS.get(stack.split(".")[0])
+    base = f"{sub}." if sub is not None and isinstance(config_get(config, sub), dict) else ""
     keys = list(LAYER_COUNT_KEYS)
     if stack.split(".")[0] == "decoder" or ".decoder." in f".{stack}.":
         keys.insert(0, "num_decoder_layers")
     for key in keys:
-        value = cfg.get(key)
+        value = config_get(config, base + key)
         if isinstance(value, int) and not isinstance(value, bool):
-            return key
+            return base + key
     return None
 
 
@@ -70,9 +90,16 @@ def resolve_stack(
             )
         stacks = {stack: indices}
     if not stacks:
+        if any(".albert_layer_groups." in n for n in names):
+            raise SelectionError(
+                "ALBERT shares one layer group across all its layers: there is no numbered "
+                "stack of layers",
+                where,
+                "select tensors with -p patterns, e.g. -p '*albert_layer_groups.0.*'",
+            )
         raise SelectionError(
-            "no encoder layer stack found (looked for '<model>.encoder.layer.N.' and "
-            "'<model>.transformer.layer.N.')",
+            "no encoder layer stack found (looked for '<model>.encoder.layer.N.', "
+            "'<model>.layers.N.', 'transformer.h.N.', '<stack>.block.N.' and the like)",
             where,
             "select tensors with -p patterns instead",
         )
@@ -104,14 +131,19 @@ def resolve_stack(
 
 
 def top_layer_patterns(
-    names: Sequence[str], n: int, config: dict[str, Any] | None, where: str
+    names: Sequence[str],
+    n: int,
+    config: dict[str, Any] | None,
+    where: str,
+    stack: str | None = None,
 ) -> list[str]:
-    """Patterns for the ``n`` highest-numbered blocks of the encoder stack."""
+    """Patterns for the ``n`` highest-numbered blocks of the layer stack (``stack`` when there
+    are several)."""
     if n <= 0:
         raise SelectionError(
             f"--top-layers must be at least 1, got {n}", where, "give a positive layer count"
         )
-    prefix, count = resolve_stack(names, config, where)
+    prefix, count = resolve_stack(names, config, where, stack)
     if n > count:
         raise SelectionError(
             f"--top-layers {n} is more than the {count} layers found ({prefix}.0-{count - 1})",
@@ -130,6 +162,7 @@ def resolve_selection(
     pooler: bool,
     config: dict[str, Any] | None,
     where: str,
+    stack: str | None = None,
 ) -> list[str]:
     """The selected names, in checkpoint order. At least one selector is required.
 
@@ -138,7 +171,7 @@ def resolve_selection(
     include = list(as_patterns(patterns))
     try:
         if top_layers is not None:
-            include += top_layer_patterns(names, top_layers, config, where)
+            include += top_layer_patterns(names, top_layers, config, where, stack)
         if pooler:
             if not any(n for n in names if _is_pooler(n)):
                 raise SelectionError(

@@ -32,9 +32,13 @@ def _check_layers(src: Path, out: Path, prefix: str, order: list[int]) -> None:
         else:
             assert_bitwise_equal(tensor, old[name], name)
     folded = open_checkpoint(src).aliases  # tied aliases a .bin stores once
-    per_layer = {n.split(".", 1)[1] for n in old if n.startswith(prefix + ".0.")}
+    per_layer: dict[int, int] = {}
+    for n in old:
+        if n.startswith(prefix + ".") and n not in folded:
+            i = int(n[len(prefix) + 1 :].split(".", 1)[0])
+            per_layer[i] = per_layer.get(i, 0) + 1
     outside = {n for n in old if not n.startswith(prefix + ".") and n not in folded}
-    assert len(new) == len(outside) + len(order) * len(per_layer)
+    assert len(new) == len(outside) + sum(per_layer[i] for i in order)
 
 
 def _load(family_or_cls: Any, path: Path) -> tuple[Any, dict[str, list[str]]]:
@@ -251,3 +255,92 @@ def test_several_stacks_need_stack_and_config_must_agree(tmp_path):
     code, _, err, _ = cli("layers", bad, tmp_path / "out", "--keep", "0")
     assert_clean_error(code, err, "config.json says 5 layers but the weights have 3")
     assert leftovers(tmp_path) == []
+
+
+@pytest.fixture(scope="module")
+def t5_and_clip(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Any]]:
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(0)
+    base = tmp_path_factory.mktemp("stacks")
+    t5 = tf.T5ForConditionalGeneration(
+        tf.T5Config(
+            d_model=32,
+            d_ff=37,
+            num_layers=3,
+            num_decoder_layers=3,
+            num_heads=4,
+            d_kv=8,
+            vocab_size=99,
+        )
+    )
+    clip = tf.CLIPModel(
+        tf.CLIPConfig(
+            text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 3, "num_attention_heads": 4, "vocab_size": 99, "max_position_embeddings": 16},
+            vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": 8, "patch_size": 4},
+            projection_dim=16,
+        )
+    )  # fmt: skip
+    out = {}
+    for name, model in (("t5", t5), ("clip", clip)):
+        model.save_pretrained(base / name)
+        out[name] = (base / name, type(model))
+    return out
+
+
+@pytest.mark.roundtrip
+@pytest.mark.parametrize(
+    ("name", "stack", "keep", "key"),
+    [
+        ("t5", "decoder.block", [0, 2], "num_decoder_layers"),
+        ("t5", "encoder.block", [0, 1, 1, 2], "num_layers"),
+        ("clip", "text_model.encoder.layers", [2, 0], "text_config.num_hidden_layers"),
+        ("clip", "vision_model.encoder.layers", [1], "vision_config.num_hidden_layers"),
+    ],
+)
+def test_several_stacks_t5_and_clip(t5_and_clip, tmp_path, name, stack, keep, key):
+    src, cls = t5_and_clip[name]
+    code, _, err, _ = cli("layers", src, tmp_path / "x", "--keep", "0")
+    assert_clean_error(code, err, "several layer stacks found", stack, "--stack PREFIX")
+    res = layers(src, tmp_path / "out", keep=keep, stack=stack)
+    assert [(e.key, e.new) for e in res.plan.config_edits] == [(key, len(keep))]
+    model, info = _load(cls, tmp_path / "out")
+    assert info["missing_keys"] == [] and info["unexpected_keys"] == []
+    assert not any(p.is_meta for p in model.parameters())
+    _check_layers(src, tmp_path / "out", stack, keep)
+
+
+def test_reinit_top_layers_in_a_chosen_stack_and_albert(t5_and_clip, tmp_path):
+    from ckptsurgeon import reinit
+
+    src, _ = t5_and_clip["t5"]
+    code, _, err, _ = cli("reinit", src, tmp_path / "x", "--top-layers", "1")
+    assert_clean_error(
+        code, err, "several layer stacks found: decoder.block (3 layers), encoder.block (3 layers)"
+    )
+    res = reinit(
+        src, tmp_path / "out", "decoder.block.2.layer.0.SelfAttention.q.weight", dry_run=True
+    )
+    assert res.plan.count("reinit") == 1
+    code, out, err, _ = cli(
+        "reinit",
+        src,
+        tmp_path / "y",
+        "--top-layers",
+        "1",
+        "--stack",
+        "decoder.block",
+        "--dry-run",
+        "--json",
+    )
+    assert code == 0, err
+    names = {t["name"] for t in json.loads(out)["tensors"]}
+    assert names and all(n.startswith("decoder.block.2.") for n in names)
+    albert = _synthetic(
+        tmp_path / "albert",
+        ["albert.encoder.albert_layer_groups.0.albert_layers.0.ffn.weight", "albert.embeddings.x"],
+        {"model_type": "albert", "num_hidden_layers": 12},
+    )
+    code, _, err, _ = cli("reinit", albert, tmp_path / "z", "--top-layers", "2")
+    assert_clean_error(code, err, "ALBERT shares one layer group across all its layers")

@@ -127,6 +127,15 @@ STRIP_PREFIX: Option = Option(
     "repeatable, the first that matches is removed.",
     metavar="P",
 )
+SEED: Option = Option(
+    "seed",
+    ("--seed",),
+    "int",
+    "Seed; each tensor's values depend only on (seed, tensor name).",
+    0,
+    minimum=0,
+    maximum=2**63 - 1,
+)
 EXCLUDE: Option = Option(
     "exclude",
     ("-x", "--exclude"),

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import RecipeError, SelectionError
 from ..plan import Plan, PlannedTensor
-from ..selection import config_layer_key, resolve_stack
+from ..selection import config_get, config_layer_key, resolve_stack
 from .base import Operation, Option
 
 _ITEM_RE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
@@ -116,9 +116,11 @@ def _config_edits(
     if key is not None:
         edits[key] = len(order)
     if count >= 2:
-        for k, v in config.items():
+        base = key.rsplit(".", 1)[0] + "." if key is not None and "." in key else ""
+        section = config_get(config, base.rstrip(".")) if base else config
+        for k, v in (section or {}).items():
             if isinstance(v, list) and len(v) == count and k != "architectures":
-                edits[k] = [v[i] for i in order]
+                edits[base + k] = [v[i] for i in order]
     return edits
 
 

@@ -14,7 +14,7 @@ from ..errors import SelectionError
 from ..init_rules import Skip, rule_for, std_from
 from ..plan import Generate, Plan, PlannedTensor, Skipped
 from ..ties import name_ties
-from .base import EXCLUDE, PATTERNS, Operation, Option
+from .base import EXCLUDE, PATTERNS, SEED, Operation, Option
 from .select import select_names
 
 
@@ -26,6 +26,7 @@ def plan_reinit(
     exclude: list[str],
     seed: int,
     std: float | None,
+    stack: str | None = None,
 ) -> Plan:
     if seed < 0 or seed >= 2**63:
         raise SelectionError(f"seed {seed} is out of range", "--seed", "give 0 <= seed < 2**63")
@@ -33,7 +34,9 @@ def plan_reinit(
         raise SelectionError(f"std {std} is not positive", "--std", "give a positive std")
     if std is not None and not math.isfinite(std):
         raise SelectionError(f"std {std} is not finite", "--std", "give a finite positive std")
-    selected = select_names(plan, patterns, exclude, top_layers=top_layers, pooler=pooler)
+    selected = select_names(
+        plan, patterns, exclude, top_layers=top_layers, pooler=pooler, stack=stack
+    )
     the_std = std_from(plan.config, std)
     warnings: list[str] = []
     chosen = set(selected)
@@ -98,15 +101,7 @@ REINIT = Operation(
         ),
         Option("pooler", ("--pooler",), "bool", "Select the pooler (*pooler.dense.*).", False),
         EXCLUDE,
-        Option(
-            "seed",
-            ("--seed",),
-            "int",
-            "Seed; each tensor's values depend only on (seed, tensor name).",
-            0,
-            minimum=0,
-            maximum=2**63 - 1,
-        ),
+        SEED,
         Option(
             "std",
             ("--std",),
@@ -114,6 +109,13 @@ REINIT = Operation(
             "Std of normal draws [default: config initializer_range, else 0.02].",
             minimum=0,
             min_open=True,
+        ),
+        Option(
+            "stack",
+            ("--stack",),
+            "str",
+            "The layer stack --top-layers counts in, when there are several (decoder.block).",
+            metavar="PREFIX",
         ),
     ),
     plan_reinit,

@@ -15,6 +15,7 @@ def select_names(
     *,
     top_layers: int | None = None,
     pooler: bool = False,
+    stack: str | None = None,
 ) -> list[str]:
     """Names selected by the patterns (``--top-layers``, ``--pooler``) in plan order, aliases
     included; the same errors as every selection (no match, wrapped-model hint...)."""
@@ -26,4 +27,5 @@ def select_names(
         pooler=pooler,
         config=plan.config,
         where=plan.source,
+        stack=stack,
     )

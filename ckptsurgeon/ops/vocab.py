@@ -17,7 +17,7 @@ from ..errors import SelectionError
 from ..init_rules import Rule, std_from
 from ..plan import Copy, Plan, PlannedTensor, Rows
 from ..ties import name_ties
-from .base import Operation, Option
+from .base import SEED, Operation, Option
 
 _EMBEDDING_ENDS = ("word_embeddings.weight", "embed_tokens.weight", "wte.weight", "shared.weight")
 _HEAD_ENDS = (
@@ -132,15 +132,7 @@ RESIZE_VOCAB = Operation(
             "mean",
             choices=("mean", "normal"),
         ),
-        Option(
-            "seed",
-            ("--seed",),
-            "int",
-            "Seed of --init normal; values depend only on (seed, tensor name).",
-            0,
-            minimum=0,
-            maximum=2**63 - 1,
-        ),
+        SEED,
     ),
     plan_resize_vocab,
 )
