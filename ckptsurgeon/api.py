@@ -5,7 +5,7 @@ through the same path as :func:`apply`: open (headers only) -> plan -> check DES
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -53,9 +53,12 @@ def run(
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     overwrite: bool = False,
     threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Result:
     """Plan ``recipe`` over SRC, check DEST (on a dry run too, so that a dry run that passes
     means the real run can start), then stream the plan into DEST unless ``dry_run``.
+    ``progress(bytes_now, total_bytes)`` follows the writing; ``threads`` draws random values
+    and casts (default: the CPUs this process may use).
 
     ``strip_prefix`` (the verbs' ``--strip-prefix``) reads SRC's names without a wrapper
     prefix, as if they had been saved that way; in recipes the ``rename`` step does this."""
@@ -73,7 +76,13 @@ def run(
     if dry_run:
         return Result(plan, None)
     done = execute(
-        plan, ckpt, dest, max_shard_size=shard_size, overwrite=overwrite, threads=threads
+        plan,
+        ckpt,
+        dest,
+        max_shard_size=shard_size,
+        overwrite=overwrite,
+        threads=threads,
+        progress=progress,
     )
     return Result(plan, done.written, done.notes)
 
@@ -87,6 +96,7 @@ def apply(
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     overwrite: bool = False,
     threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Result:
     """Run a recipe (a :class:`Recipe`, its steps as Python data, or a YAML/JSON file) over SRC
     in one streaming pass.
@@ -106,6 +116,7 @@ def apply(
         max_shard_size=max_shard_size,
         overwrite=overwrite,
         threads=threads,
+        progress=progress,
     )
 
 

@@ -6,11 +6,12 @@ destination...), 1 reserved for ``diff`` finding differences.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import click
@@ -115,8 +116,76 @@ def _interrupted(exc: BaseException) -> None:
         sys.exit(interrupts.exit_status(exc))
 
 
+def _quiet() -> bool:
+    ctx = click.get_current_context(silent=True)
+    while ctx is not None:
+        if ctx.obj and ctx.obj.get("quiet"):
+            return True
+        ctx = ctx.parent
+    return False
+
+
 def warn(message: str) -> None:
-    click.echo(f"Warning: {message}", err=True)
+    if not _quiet():
+        click.echo(f"Warning: {message}", err=True)
+
+
+class _Bar:
+    """One progress bar on stderr (bytes done of total, rate, time left), made on first use.
+
+    tqdm: small, pure Python, already installed with transformers and huggingface_hub, and it
+    draws a single self-updating line where rich would bring a whole rendering engine."""
+
+    def __init__(self, desc: str) -> None:
+        self.desc = desc
+        self.bar: Any = None
+
+    def __call__(self, n: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total,
+                desc=self.desc,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=sys.stderr,
+                leave=False,
+                dynamic_ncols=True,
+            )
+        self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@contextlib.contextmanager
+def _progress(desc: str) -> Iterator[_Bar | None]:
+    """A bar only when stderr is a terminal and --quiet is off: nothing reaches a pipe or log."""
+    bar = _Bar(desc) if sys.stderr.isatty() and not _quiet() else None
+    try:
+        yield bar
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _set_quiet(ctx: click.Context, param: Any, value: bool) -> None:
+    if value:
+        ctx.ensure_object(dict)["quiet"] = True
+
+
+def _quiet_option(f: Any) -> Any:
+    return click.option(
+        "-q",
+        "--quiet",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_quiet,
+        help="No warnings and no progress bar.",
+    )(f)
 
 
 def emit_json(obj: Any) -> None:
@@ -133,6 +202,7 @@ def emit_json(obj: Any) -> None:
 )
 @click.version_option(__version__, prog_name="ckptsurgeon")
 @click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
+@_quiet_option
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
     """Offline surgery on transformer checkpoints: inspect, convert, drop, reinit, cast, rename,
@@ -190,6 +260,13 @@ def _click_option(opt: Option, *, key: str | None = None) -> Any:
 
 
 def _write_options(f: Any) -> Any:
+    f = _quiet_option(f)
+    f = click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        metavar="N",
+        help="Threads for random values and casts [default: the CPUs this process may use].",
+    )(f)
     f = click.option("--json", "as_json", is_flag=True, help="Print the plan/result as JSON.")(f)
     f = click.option(
         "--overwrite",
@@ -247,6 +324,7 @@ def _verb_command(operation: Operation) -> None:
         max_shard_size: int,
         overwrite: bool,
         as_json: bool,
+        threads: int | None,
         **values: Any,
     ) -> None:
         from .api import run, verb_recipe
@@ -255,16 +333,19 @@ def _verb_command(operation: Operation) -> None:
         values = {k: [list(p) for p in v] if k == "sub" else v for k, v in values.items()}
         values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
         recipe = verb_recipe(operation.name, values, labels=flags)
-        result = run(
-            recipe,
-            src,
-            dest,
-            verb=operation.name,
-            strip_prefix=strip,
-            dry_run=dry_run,
-            max_shard_size=max_shard_size,
-            overwrite=overwrite,
-        )
+        with _progress(operation.name) as bar:
+            result = run(
+                recipe,
+                src,
+                dest,
+                verb=operation.name,
+                strip_prefix=strip,
+                dry_run=dry_run,
+                max_shard_size=max_shard_size,
+                overwrite=overwrite,
+                threads=threads,
+                progress=bar,
+            )
         _report(result, as_json, dry_run=dry_run)
 
     details = _DETAILS.get(operation.name, "")
@@ -291,7 +372,7 @@ for _operation in OPERATIONS.values():
 @_write_options
 def apply_cmd(
     recipe: str, src: str, dest: str, dry_run: bool, max_shard_size: int, overwrite: bool,
-    as_json: bool,
+    as_json: bool, threads: int | None,
 ) -> None:  # fmt: skip
     """Run the steps of RECIPE (YAML or JSON) over SRC in one streaming pass; write DEST.
 
@@ -302,15 +383,24 @@ def apply_cmd(
     """
     from .api import apply
 
-    result = apply(
-        recipe, src, dest, dry_run=dry_run, max_shard_size=max_shard_size, overwrite=overwrite
-    )
+    with _progress("apply") as bar:
+        result = apply(
+            recipe,
+            src,
+            dest,
+            dry_run=dry_run,
+            max_shard_size=max_shard_size,
+            overwrite=overwrite,
+            threads=threads,
+            progress=bar,
+        )
     _report(result, as_json, dry_run=dry_run)
 
 
 @main.command("inspect")
 @click.argument("src", type=click.Path())
 @_click_option(PATTERNS)
+@_quiet_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option(
     "--stats", is_flag=True, help="Add mean, std, min, max, NaN and Inf counts (reads the data)."
@@ -319,12 +409,8 @@ def inspect_cmd(src: str, patterns: tuple[str, ...], as_json: bool, stats: bool)
     """Show what is inside SRC: format, files, tensors, parameters, metadata."""
     from .inspection import inspect
 
-    progress = (
-        (lambda name: click.echo(f"reading {name}", err=True))
-        if stats and not as_json and sys.stderr.isatty()
-        else None
-    )
-    info = inspect(src, patterns, stats=stats, progress=progress)
+    with _progress("inspect --stats") as bar:
+        info = inspect(src, patterns, stats=stats, on_bytes=bar)
     for note in info.checkpoint.notes:
         warn(note)
     if as_json:
@@ -365,6 +451,7 @@ def inspect_cmd(src: str, patterns: tuple[str, ...], as_json: bool, stats: bool)
 @click.argument("b", type=click.Path())
 @_click_option(PATTERNS)
 @_click_option(EXCLUDE)
+@_quiet_option
 @click.option(
     "--atol",
     type=click.FloatRange(min=0),
@@ -426,19 +513,21 @@ def diff_cmd(
     """
     from .diff import diff
 
-    result = diff(
-        a,
-        b,
-        patterns,
-        exclude,
-        atol=atol,
-        rtol=rtol,
-        names_only=names_only,
-        strip_prefix_a=strip_prefix_a,
-        strip_prefix_b=strip_prefix_b,
-        normalize=normalize,
-        ignore_dtype=ignore_dtype,
-    )
+    with _progress("diff") as bar:
+        result = diff(
+            a,
+            b,
+            patterns,
+            exclude,
+            atol=atol,
+            rtol=rtol,
+            names_only=names_only,
+            strip_prefix_a=strip_prefix_a,
+            strip_prefix_b=strip_prefix_b,
+            normalize=normalize,
+            ignore_dtype=ignore_dtype,
+            on_bytes=bar,
+        )
     status = 0 if result.identical else 1
     ctx.obj["exit_code"] = status  # kept when the reader closes the pipe early
     if as_json:
@@ -449,7 +538,7 @@ def diff_cmd(
 
 
 def _render_diff(result: Any, show_all: bool) -> None:
-    from .patterns import group_of
+    from .patterns import group_of, natural_key
 
     for side, ckpt in (("a", result.a), ("b", result.b)):
         click.echo(f"{side}: {ckpt.path} ({ckpt.format}, {len(ckpt.tensors)} tensors)")
@@ -466,10 +555,12 @@ def _render_diff(result: Any, show_all: bool) -> None:
     if differing:
         click.echo("\nby layer or module:")
         rows = [
-            [g, ", ".join(f"{n} {s}" for s, n in counts.items())] for g, counts in groups.items()
+            [g, ", ".join(f"{n} {s}" for s, n in groups[g].items())]
+            for g in sorted(groups, key=natural_key)
         ]
         click.echo(_table(rows, ["group", "tensors"]))
-    shown = result.tensors if show_all else differing
+    shown = sorted(result.tensors if show_all else differing, key=lambda t: natural_key(t.name))
+    nonfinite = any(t.nonfinite_mismatch for t in shown)
     rows = [
         [
             t.status,
@@ -482,15 +573,15 @@ def _render_diff(result: Any, show_all: bool) -> None:
             _fmt(t.mean_abs),
             _fmt(t.rel_l2),
             _fmt(t.cosine),
+            *([str(t.nonfinite_mismatch)] if nonfinite else []),
         ]
         for t in shown
     ]
+    headers = ["status", "name", "dtype", "shape", "max_abs", "mean_abs", "rel_l2", "cosine"]
+    if nonfinite:  # NaN or Inf on one side only: the metrics above leave those values out
+        headers.append("nan/inf differing")
     click.echo()
-    click.echo(
-        _table(
-            rows, ["status", "name", "dtype", "shape", "max_abs", "mean_abs", "rel_l2", "cosine"]
-        )
-    )
+    click.echo(_table(rows, headers))
 
 
 def _pair(x: str | None, y: str | None) -> str:

@@ -157,12 +157,14 @@ def diff(
     normalize: bool = False,
     ignore_dtype: bool = False,
     progress: Callable[[str], None] | None = None,
+    on_bytes: Callable[[int, int], None] | None = None,
 ) -> DiffResult:
     """Compare checkpoints ``a`` and ``b``.
 
     ``ignore_dtype`` compares values across dtypes (both upcast to float64) and gives them
     ``identical``/``close``/``changed`` by value instead of ``dtype_mismatch``: a correct bf16
-    cast is ``close`` within ``atol=1e-2``.
+    cast is ``close`` within ``atol=1e-2``. ``progress(name)`` is called before each tensor
+    is compared, ``on_bytes(bytes_now, total_bytes)`` after (bytes of both sides).
 
     >>> result = diff("bert/", "bert-top3/")        # doctest: +SKIP
     >>> result.summary                              # doctest: +SKIP
@@ -203,6 +205,7 @@ def diff(
         else:
             to_compare.append(name)
     if to_compare:
+        total = sum(map_a[n].nbytes + map_b[n].nbytes for n in to_compare)
         with ca.reader() as ra, cb.reader() as rb:
             for name in to_compare:
                 if progress is not None:
@@ -210,6 +213,8 @@ def diff(
                 results[name] = compare_tensor(
                     name, map_a[name], map_b[name], ra, rb, atol, rtol, ignore_dtype
                 )
+                if on_bytes is not None:
+                    on_bytes(map_a[name].nbytes + map_b[name].nbytes, total)
     return DiffResult(ca, cb, tuple(results[n] for n in order))
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -165,8 +165,11 @@ def execute(
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
     overwrite: bool = False,
     threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Executed:
-    """Carry out a plan: stream, cast and generate bytes; write, verify and publish."""
+    """Carry out a plan: stream, cast and generate bytes; write, verify and publish.
+
+    ``progress(bytes_done_now, total_bytes)`` is called as output bytes are written."""
     planned = {t.name: t for t in plan.tensors}
     infos = {t.name: t for t in ckpt.tensors}
     out = [OutTensor(t.name, t.dtype, t.shape, t.nbytes) for t in plan.tensors]
@@ -204,10 +207,17 @@ def execute(
         )
         stack.callback(lambda: getattr(ahead, "close", lambda: None)())
 
+        total = sum(t.nbytes for t in out)
+
+        def done(n: int) -> None:
+            if progress is not None:
+                progress(n, total)
+
         def emit(t: OutTensor, fd: int) -> None:
             p = planned[t.name]
             if isinstance(p.source, Copy) and not p.casts:
                 reader.copy_to(infos[p.source.tensor], fd)
+                done(t.nbytes)
                 return
             remaining = t.nbytes
             while remaining:
@@ -215,7 +225,9 @@ def execute(
                 if name != t.name:  # pragma: no cover - emission_order and the writer disagree
                     raise RuntimeError(f"writer asked for {t.name!r}, produced {name!r}")
                 write_all(fd, chunk)
-                remaining -= len(chunk) if isinstance(chunk, bytes) else chunk.nbytes
+                n = len(chunk) if isinstance(chunk, bytes) else chunk.nbytes
+                remaining -= n
+                done(n)
 
         config = config_bytes(plan)
         if config is not None and is_single_file(destination):

@@ -99,6 +99,7 @@ def inspect(
     *,
     stats: bool = False,
     progress: Callable[[str], None] | None = None,
+    on_bytes: Callable[[int, int], None] | None = None,
 ) -> Inspection:
     """List a checkpoint's tensors (headers only), optionally with per-tensor statistics.
 
@@ -114,11 +115,14 @@ def inspect(
     table = None
     if stats:
         table = {}
+        total = sum(t.nbytes for t in tensors)
         with ckpt.reader() as reader:
             for t in tensors:
                 if progress is not None:
                     progress(t.name)
                 table[t.name] = tensor_stats(reader.chunks(t), t)
+                if on_bytes is not None:
+                    on_bytes(t.nbytes, total)
     return Inspection(ckpt, tensors, table)
 
 

@@ -132,6 +132,14 @@ def as_patterns(patterns: str | Iterable[str] | None) -> tuple[str, ...]:
 
 
 def group_of(name: str) -> str:
-    """The layer (``bert.encoder.layer.3``) or module a tensor belongs to, for summaries."""
-    match = re.match(r"^(.*?\.layers?\.\d+)\.", name)
+    """The layer (``bert.encoder.layer.3``, ``transformer.h.3``, ``decoder.block.3``) or module
+    a tensor belongs to, for summaries."""
+    match = re.match(r"^(.*?(?:^|\.)(?:layers?|h|block)\.\d+)\.", name)
     return match.group(1) if match else name.rsplit(".", 1)[0]
+
+
+def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that orders numbers by value: ``layer.2`` before ``layer.10``."""
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name) if part
+    )
