@@ -49,6 +49,7 @@ def run(
     *,
     verb: str = "apply",
     strip_prefix: str | Sequence[str] = (),
+    revision: str | None = None,
     dry_run: bool = False,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     overwrite: bool = False,
@@ -61,8 +62,10 @@ def run(
     and casts (default: the CPUs this process may use).
 
     ``strip_prefix`` (the verbs' ``--strip-prefix``) reads SRC's names without a wrapper
-    prefix, as if they had been saved that way; in recipes the ``rename`` step does this."""
-    ckpt = open_checkpoint(src)
+    prefix, as if they had been saved that way; in recipes the ``rename`` step does this.
+    SRC may be a Hugging Face repo id (``org/name[@revision]``, or ``revision=``) that is not a
+    local path."""
+    ckpt = open_checkpoint(src, revision)
     strip = normalise_prefixes(ckpt, as_patterns(strip_prefix))
     ckpt = strip_prefixes(ckpt, strip)
     ckpt.require_valid_config()
@@ -97,6 +100,7 @@ def apply(
     overwrite: bool = False,
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    revision: str | None = None,
 ) -> Result:
     """Run a recipe (a :class:`Recipe`, its steps as Python data, or a YAML/JSON file) over SRC
     in one streaming pass.
@@ -117,6 +121,7 @@ def apply(
         overwrite=overwrite,
         threads=threads,
         progress=progress,
+        revision=revision,
     )
 
 

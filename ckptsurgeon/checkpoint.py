@@ -224,18 +224,19 @@ def strip_prefixes(ckpt: Checkpoint, prefixes: str | Sequence[str]) -> Checkpoin
 # Locating weights
 
 
-def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Open a checkpoint directory or file and list its tensors.
+def open_checkpoint(path: str | os.PathLike[str], revision: str | None = None) -> Checkpoint:
+    """Open a checkpoint directory or file and list its tensors. A Hugging Face repo id
+    (``org/name[@revision]``) that is no local path is looked up in the cache (see hub.py).
 
     >>> ckpt = open_checkpoint("my-bert")          # doctest: +SKIP
     >>> ckpt.format, len(ckpt.tensors)             # doctest: +SKIP
     ('safetensors', 199)
     """
     p = Path(path)
-    if not p.exists():
-        raise CheckpointNotFoundError(
-            "no such file or directory", str(p), "check the path of the checkpoint"
-        )
+    if not p.exists() or revision is not None:
+        from .hub import resolve
+
+        p = resolve(path, revision)
     try:
         ckpt = _open_dir(p) if p.is_dir() else _open_file(p)
         base = ckpt.root if ckpt.root is not None else ckpt.path.parent

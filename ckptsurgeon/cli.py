@@ -259,8 +259,17 @@ def _click_option(opt: Option, *, key: str | None = None) -> Any:
     return click.option(*opt.flags, key or opt.key, **kwargs)
 
 
+def _revision_option(f: Any) -> Any:
+    return click.option(
+        "--revision",
+        metavar="REV",
+        help="When SRC is a Hugging Face repo id: the branch, tag or commit (or SRC@REV).",
+    )(f)
+
+
 def _write_options(f: Any) -> Any:
     f = _quiet_option(f)
+    f = _revision_option(f)
     f = click.option(
         "--threads",
         type=click.IntRange(min=1),
@@ -325,6 +334,7 @@ def _verb_command(operation: Operation) -> None:
         overwrite: bool,
         as_json: bool,
         threads: int | None,
+        revision: str | None,
         **values: Any,
     ) -> None:
         from .api import run, verb_recipe
@@ -345,6 +355,7 @@ def _verb_command(operation: Operation) -> None:
                 overwrite=overwrite,
                 threads=threads,
                 progress=bar,
+                revision=revision,
             )
         _report(result, as_json, dry_run=dry_run)
 
@@ -372,7 +383,7 @@ for _operation in OPERATIONS.values():
 @_write_options
 def apply_cmd(
     recipe: str, src: str, dest: str, dry_run: bool, max_shard_size: int, overwrite: bool,
-    as_json: bool, threads: int | None,
+    as_json: bool, threads: int | None, revision: str | None,
 ) -> None:  # fmt: skip
     """Run the steps of RECIPE (YAML or JSON) over SRC in one streaming pass; write DEST.
 
@@ -393,6 +404,7 @@ def apply_cmd(
             overwrite=overwrite,
             threads=threads,
             progress=bar,
+            revision=revision,
         )
     _report(result, as_json, dry_run=dry_run)
 
@@ -401,16 +413,19 @@ def apply_cmd(
 @click.argument("src", type=click.Path())
 @_click_option(PATTERNS)
 @_quiet_option
+@_revision_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option(
     "--stats", is_flag=True, help="Add mean, std, min, max, NaN and Inf counts (reads the data)."
 )
-def inspect_cmd(src: str, patterns: tuple[str, ...], as_json: bool, stats: bool) -> None:
+def inspect_cmd(
+    src: str, patterns: tuple[str, ...], revision: str | None, as_json: bool, stats: bool
+) -> None:
     """Show what is inside SRC: format, files, tensors, parameters, metadata."""
     from .inspection import inspect
 
     with _progress("inspect --stats") as bar:
-        info = inspect(src, patterns, stats=stats, on_bytes=bar)
+        info = inspect(src, patterns, stats=stats, on_bytes=bar, revision=revision)
     for note in info.checkpoint.notes:
         warn(note)
     if as_json:

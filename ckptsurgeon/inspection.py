@@ -100,6 +100,7 @@ def inspect(
     stats: bool = False,
     progress: Callable[[str], None] | None = None,
     on_bytes: Callable[[int, int], None] | None = None,
+    revision: str | None = None,
 ) -> Inspection:
     """List a checkpoint's tensors (headers only), optionally with per-tensor statistics.
 
@@ -107,7 +108,7 @@ def inspect(
     >>> [t.name for t in info.tensors]             # doctest: +SKIP
     ['bert.pooler.dense.weight', 'bert.pooler.dense.bias']
     """
-    ckpt = open_checkpoint(src)
+    ckpt = open_checkpoint(src, revision)
     patterns = as_patterns(patterns)
     names = select(ckpt.names, patterns) if patterns else ckpt.names
     wanted = set(names)

@@ -1,0 +1,113 @@
+"""Hugging Face repo ids as SRC: ``bert-base-uncased``, ``org/name``, ``org/name@revision``.
+
+A SRC that is no local path but looks like a repo id is resolved with ``huggingface_hub`` (the
+library users already have): the local cache first (``HF_HUB_CACHE``, else ``HF_HOME/hub``,
+else ``~/.cache/huggingface/hub``), and only the cache when ``HF_HUB_OFFLINE`` is set. Online,
+only the files needed are fetched: the weights in the one format that will be read
+(safetensors first, else ``.bin``, with their index and shards), config and tokenizer files and
+other non-weight files; never both formats. The snapshot folder (symlinks into ``blobs/``) is
+then read like any model directory; its files are copied into DEST as real files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from .errors import CheckpointNotFoundError
+
+_REPO_ID_RE = re.compile(
+    r"^(?P<repo>[A-Za-z0-9][\w.\-]{0,95}(?:/[A-Za-z0-9][\w.\-]{0,95})?)(?:@(?P<rev>[\w.\-/]+))?$"
+)
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+def cache_dir() -> Path:
+    """Where huggingface_hub keeps its cache, from the environment as it is now."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
+    )
+    return Path(home) / "hub"
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in _TRUE
+
+
+def parse_repo_id(text: str) -> tuple[str, str | None] | None:
+    """``("org/name", "revision")`` when ``text`` has the shape of a repo id, else None."""
+    match = _REPO_ID_RE.match(text)
+    if match is None or ".." in text or text.endswith((".safetensors", ".bin", ".json", ".pt")):
+        return None
+    return match.group("repo"), match.group("rev")
+
+
+def resolve(src: str | os.PathLike[str], revision: str | None = None) -> Path:
+    """SRC as a local path: itself when it exists, else the snapshot folder of a repo id."""
+    path = Path(src)
+    if path.exists() or path.is_symlink():
+        return path
+    parsed = parse_repo_id(str(src))
+    if parsed is None:
+        raise CheckpointNotFoundError(
+            "no such file or directory", str(src), "check the path of the checkpoint"
+        )
+    repo, rev = parsed
+    rev = revision or rev
+    cache = cache_dir()
+    hint = f"check the path, or download the model first: hf download {repo}" + (
+        f" --revision {rev}" if rev else ""
+    )
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover - installed with ckptsurgeon
+        raise CheckpointNotFoundError(
+            "no such file or directory (and huggingface_hub is not installed to look it up as "
+            "a repo id)",
+            str(src),
+            "pip install huggingface_hub",
+        ) from None
+    try:
+        if offline():
+            folder = snapshot_download(repo, revision=rev, cache_dir=cache, local_files_only=True)
+        else:
+            folder = snapshot_download(
+                repo, revision=rev, cache_dir=cache, allow_patterns=_needed_files(repo, rev)
+            )
+    except Exception as exc:  # not cached offline, unknown repo, no network...
+        why = "not in the Hugging Face cache" if offline() else f"cannot be fetched ({_first(exc)})"
+        raise CheckpointNotFoundError(
+            f"no such file or directory, and repo {repo!r}"
+            + (f" at revision {rev!r}" if rev else "")
+            + f" is {why} (cache: {cache})",
+            str(src),
+            hint,
+        ) from None
+    return Path(folder)
+
+
+def _needed_files(repo: str, revision: str | None) -> list[str]:
+    """The files to fetch: one weight format (safetensors first) and every non-weight file."""
+    from huggingface_hub import HfApi
+
+    from .sidefiles import _EXPORT_DIR_RE, is_weight_file
+
+    files = HfApi().list_repo_files(repo, revision=revision)
+    weights = [f for f in files if "/" not in f and is_weight_file(f)]
+    safe = [f for f in weights if f.endswith((".safetensors", ".safetensors.index.json"))]
+    torch_bin = [f for f in weights if re.match(r"^pytorch_model.*\.bin(\.index\.json)?$", f)]
+    chosen = safe or torch_bin or weights
+    others = [
+        f
+        for f in files
+        if ("/" in f and not _EXPORT_DIR_RE.match(f.split("/", 1)[0]))
+        or ("/" not in f and not is_weight_file(f))
+    ]
+    return sorted({*chosen, *others})
+
+
+def _first(exc: Exception) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:160]
