@@ -461,6 +461,53 @@ def inspect_cmd(
     click.echo(_table(rows, headers))
 
 
+@main.command("verify")
+@click.argument("path", metavar="DIR", type=click.Path())
+@click.option(
+    "--class",
+    "model_class",
+    metavar="NAME",
+    help="Model class [default: config.json's architectures].",
+)
+@click.option(
+    "--expect-missing",
+    multiple=True,
+    metavar="PATTERN",
+    help="Glob of keys that may be missing (and must be); repeatable.",
+)
+@click.option("--against", metavar="SRC", help="Check that every unchanged tensor equals SRC's.")
+@click.option("--json", "as_json", is_flag=True, help="Print every check as JSON.")
+@_quiet_option
+@click.pass_context
+def verify_cmd(
+    ctx: click.Context,
+    path: str,
+    model_class: str | None,
+    expect_missing: tuple[str, ...],
+    against: str | None,
+    as_json: bool,
+) -> None:
+    """Gate a release: DIR loads with stock from_pretrained and is what it should be.
+
+    Checks: no unexpected or mismatched keys, nothing left on the meta device, missing keys
+    exactly those matched by --expect-missing, a finite forward pass on a dummy batch; with
+    --against, every tensor the output's ckptsurgeon metadata does not name as changed equals
+    SRC's. Exit 0 when every check passes, 1 when one fails (one line each), 2 on error.
+    """
+    from .verify import verify
+
+    result = verify(path, model_class=model_class, expect_missing=expect_missing, against=against)
+    status = 0 if result.ok else 1
+    ctx.obj["exit_code"] = status
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        for c in result.checks:
+            click.echo(f"{'ok  ' if c.ok else 'FAIL'}  {c.name}: {c.detail}")
+        click.echo(f"{result.model_class}: {'all checks pass' if result.ok else 'FAILED'}")
+    ctx.exit(status)
+
+
 @main.command("diff")
 @click.argument("a", type=click.Path())
 @click.argument("b", type=click.Path())
