@@ -548,6 +548,12 @@ def verify_cmd(
     help="Compare values across dtypes (upcast): identical/close/changed by value, not "
     "dtype_mismatch.",
 )
+@click.option(
+    "--plot",
+    "plot_file",
+    metavar="FILE",
+    help="Also draw a heatmap of the change by layer and module (.png, .svg or .html).",
+)
 @click.option("--all", "show_all", is_flag=True, help="List every tensor, identical ones too.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
@@ -564,6 +570,7 @@ def diff_cmd(
     strip_prefix_b: str | None,
     normalize: bool,
     ignore_dtype: bool,
+    plot_file: str | None,
     show_all: bool,
     as_json: bool,
 ) -> None:
@@ -592,6 +599,10 @@ def diff_cmd(
         )
     status = 0 if result.identical else 1
     ctx.obj["exit_code"] = status  # kept when the reader closes the pipe early
+    if plot_file is not None:
+        from .plot import write_plot
+
+        write_plot(result, plot_file)
     if as_json:
         emit_json(result.to_json(include_all=show_all))
     else:
