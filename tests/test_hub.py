@@ -69,12 +69,19 @@ def test_every_command_takes_a_repo_id_from_the_cache(hub, model_store, tmp_path
         ["layers", "org/tiny-bert", tmp_path / "g", "--keep", "0"],
         ["resize-vocab", "org/tiny-bert", tmp_path / "h", "--size", "100"],
         ["diff", "org/tiny-bert", model_store("bert")],
+        ["apply", _recipe(tmp_path), "org/tiny-bert@main", tmp_path / "i"],
     ):
         code, out, err, _ = cli(*args)
         assert code == 0, (args, err)
     assert tree_hash(tmp_path / "c") == tree_hash(
         _convert_local(model_store("bert", "bin"), tmp_path / "local")
     )
+
+
+def _recipe(tmp_path: Path) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text("steps:\n  - {op: drop, patterns: ['cls.*']}\n  - {op: cast, dtype: fp16}\n")
+    return path
 
 
 def _convert_local(src: Path, dest: Path) -> Path:
