@@ -223,15 +223,20 @@ def reinit(
     pooler: bool = False,
     seed: int = 0,
     std: float | None = None,
+    stack: str | None = None,
+    rules: str = "auto",
     dry_run: bool = False,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     overwrite: bool = False,
     threads: int | None = None,
     strip_prefix: str | Sequence[str] = (),
 ) -> Result:
-    """Re-initialise the selected tensors with BERT's rules and write a new checkpoint.
+    """Re-initialise the selected tensors and write a new checkpoint: with BERT's rules
+    (``rules="bert"``, torch-free), the architecture's own init (``"model"``), or BERT's for the
+    BERT family and the model's otherwise (``"auto"``).
 
-    Values depend on (seed, output tensor name) only.
+    Values depend on (seed, output tensor name) only (and, for ``"model"``, the versions of
+    transformers and torch).
 
     >>> reinit("bert/", "bert-top3/", top_layers=3, pooler=True, seed=0)  # doctest: +SKIP
     """
@@ -242,6 +247,8 @@ def reinit(
         "pooler": pooler,
         "seed": seed,
         "std": std,
+        "stack": stack,
+        "rules": rules,
     }
     return _verb(
         "reinit",

@@ -14,12 +14,13 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any
 
 from .checkpoint import Checkpoint
 from .dtypes import DTYPES, cast_bytes, from_float32, numel_of, to_float
 from .init_rules import generate
 from .pipeline import background, ordered_map
-from .plan import Copy, Generate, Plan, PlannedTensor, Rows
+from .plan import Copy, Generate, ModelDraw, Plan, PlannedTensor, Rows
 from .tensorio import TensorInfo, TensorReader, write_all
 from .writer import (
     DEFAULT_MAX_SHARD_SIZE,
@@ -150,6 +151,20 @@ def _rows(
         yield from_float32(np.tile(row, n), p.native)
 
 
+def _model_values(
+    p: PlannedTensor, draw: ModelDraw, engines: dict[str, Any], plan: Plan
+) -> Iterator[bytes | memoryview]:
+    """The architecture's own init for one tensor (the meta model is built once per run)."""
+    from .model_rules import ModelInit
+
+    if "model" not in engines:
+        engines["model"] = ModelInit.build(plan.config, plan.source)
+    values = engines["model"].values(draw.stream, p.shape, draw.seed).reshape(-1)
+    step = CHUNK_BYTES // 4
+    for start in range(0, values.size, step):
+        yield from_float32(values[start : start + step], p.native)
+
+
 def config_bytes(plan: Plan) -> bytes | None:
     """config.json as edited by the plan (key order kept, save_pretrained's indent), or None."""
     if not plan.config_edits or plan.config is None:
@@ -180,6 +195,7 @@ def execute(
         if not isinstance(planned[t.name].source, Copy) or planned[t.name].casts
     ]
     counter = _CastCounter()
+    engines: dict[str, Any] = {}
     notes: list[str] = []
     with ExitStack() as stack:
         reader = stack.enter_context(ckpt.reader())
@@ -193,6 +209,8 @@ def execute(
                 if isinstance(p.source, Generate):
                     g = p.source
                     raw = generate(g.stream, p.native, p.shape, g.rule, g.seed, threads)
+                elif isinstance(p.source, ModelDraw):
+                    raw = _model_values(p, p.source, engines, plan)
                 elif isinstance(p.source, Rows):
                     assert side_reader is not None
                     raw = _rows(p, infos[p.source.tensor], side_reader, threads)

@@ -38,6 +38,17 @@ class Generate:
 
 
 @dataclass(frozen=True)
+class ModelDraw:
+    """Values from the architecture's own init (``--rules model``), seeded by (``seed``,
+    ``stream``); ``rule`` says what it draws, ``versions`` the libraries that drew it."""
+
+    stream: str
+    seed: int
+    rule: str
+    versions: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class Rows:
     """The first ``keep`` rows of a source tensor, then ``new`` rows: each the ``mean`` of the
     source's rows, ``zeros``, or drawn by ``rule`` from the stream of (``seed``, ``stream``)."""
@@ -66,7 +77,7 @@ class PlannedTensor:
     name: str
     native: str
     shape: tuple[int, ...]
-    source: Copy | Generate | Rows
+    source: Copy | Generate | Rows | ModelDraw
     casts: tuple[str, ...] = ()
     renamed_from: str | None = None  # the source name, when an operation renamed it
 
@@ -77,6 +88,8 @@ class PlannedTensor:
     @property
     def rule(self) -> str | None:
         """The re-initialisation rule, for generated values."""
+        if isinstance(self.source, ModelDraw):
+            return self.source.rule
         return self.source.rule.describe() if isinstance(self.source, Generate) else None
 
     @property
@@ -86,7 +99,7 @@ class PlannedTensor:
     @property
     def action(self) -> str:
         """What happens to it: ``reinit``, ``resize``, ``cast``, ``rename`` or ``keep``."""
-        if isinstance(self.source, Generate):
+        if isinstance(self.source, Generate | ModelDraw):
             return "reinit"
         if isinstance(self.source, Rows):
             return "resize"
@@ -98,6 +111,8 @@ class PlannedTensor:
         """``copy``, ``copy of NAME``, ``normal(0, 0.02)``, ``..., cast F32 -> BF16``."""
         if isinstance(self.source, Generate):
             text = self.source.rule.describe()
+        elif isinstance(self.source, ModelDraw):
+            text = self.source.rule
         elif isinstance(self.source, Rows):
             text = self.source.describe()
         elif self.source.tensor != self.name:
@@ -236,6 +251,9 @@ class Plan:
         record.update(self.step_record())
         if self.aliases:
             record["tied_aliases_dropped"] = dict(sorted(self.aliases.items()))
+        drawn = [t.source for t in self.tensors if isinstance(t.source, ModelDraw)]
+        if drawn:  # --rules model: the values depend on these versions too
+            record["model_rules_versions"] = dict(drawn[0].versions)
         return {"ckptsurgeon": json.dumps(record, sort_keys=True, separators=(",", ":"))}
 
     def to_json(self, *, include_kept: bool = False) -> dict[str, Any]:

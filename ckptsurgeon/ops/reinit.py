@@ -10,9 +10,11 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+from ..dtypes import DTYPES
 from ..errors import SelectionError
 from ..init_rules import Skip, rule_for, std_from
-from ..plan import Generate, Plan, PlannedTensor, Skipped
+from ..model_rules import ModelInit, choose_rules, describe
+from ..plan import Generate, ModelDraw, Plan, PlannedTensor, Skipped
 from ..ties import name_ties
 from .base import EXCLUDE, PATTERNS, SEED, Operation, Option
 from .select import select_names
@@ -27,6 +29,7 @@ def plan_reinit(
     seed: int,
     std: float | None,
     stack: str | None = None,
+    rules: str = "auto",
 ) -> Plan:
     if seed < 0 or seed >= 2**63:
         raise SelectionError(f"seed {seed} is out of range", "--seed", "give 0 <= seed < 2**63")
@@ -38,6 +41,14 @@ def plan_reinit(
         plan, patterns, exclude, top_layers=top_layers, pooler=pooler, stack=stack
     )
     the_std = std_from(plan.config, std)
+    kind = choose_rules(rules, plan.config)
+    if kind == "model" and std is not None:
+        raise SelectionError(
+            "--std sets BERT's rules; the model's own rules choose their std",
+            "--std",
+            "drop --std, or pass --rules bert",
+        )
+    engine = ModelInit.build(plan.config, plan.source) if kind == "model" else None
     warnings: list[str] = []
     chosen = set(selected)
     # Selecting only a folded alias re-initialises its canonical tensor.
@@ -68,6 +79,16 @@ def plan_reinit(
         source = by_name.get(values_from.get(t.name, t.name), t)
         if source.shape != t.shape:
             source = t
+        if engine is not None:
+            if DTYPES[t.dtype].kind != "float":
+                skipped.append(Skipped(t.name, f"{t.dtype} tensor, never re-initialised"))
+                out.append(t)
+                continue
+            values = engine.values(source.name, t.shape, seed)
+            versions = tuple(sorted(engine.versions.items()))
+            draw = ModelDraw(source.name, seed, describe(values), versions)
+            out.append(PlannedTensor(t.name, t.dtype, t.shape, draw))
+            continue
         try:
             rule = rule_for(source.name, t.dtype, t.shape, plan.config, the_std)
         except Skip as why:
@@ -75,7 +96,7 @@ def plan_reinit(
             out.append(t)
             continue
         out.append(PlannedTensor(t.name, t.dtype, t.shape, Generate(rule, source.name, seed)))
-    if not any(isinstance(t.source, Generate) and t.name in chosen for t in out):
+    if not any(isinstance(t.source, Generate | ModelDraw) and t.name in chosen for t in out):
         reasons = "; ".join(f"{s.name}: {s.reason}" for s in skipped[-3:])
         raise SelectionError(
             "nothing to re-initialise: every selected tensor is skipped"
@@ -116,6 +137,15 @@ REINIT = Operation(
             "str",
             "The layer stack --top-layers counts in, when there are several (decoder.block).",
             metavar="PREFIX",
+        ),
+        Option(
+            "rules",
+            ("--rules",),
+            "choice",
+            "bert: BERT's rules, torch-free; model: the architecture's own init (transformers); "
+            "auto: bert for the BERT family, model otherwise.",
+            "auto",
+            choices=("auto", "bert", "model"),
         ),
     ),
     plan_reinit,

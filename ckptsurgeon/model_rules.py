@@ -1,0 +1,186 @@
+"""``reinit --rules model``: each selected tensor initialised by the architecture's own code.
+
+The model class (config.json's ``architectures``, else the ``model_type``'s base model) is built
+by the installed transformers on the ``meta`` device: no memory, no values. For one tensor at a
+time, its parameter is swapped for a real CPU tensor, torch's generator is seeded from (seed,
+tensor name), and the model's ``_init_weights`` runs on the module that owns it and then on each
+ancestor up to the model itself, leaf first, as ``nn.Module.apply`` orders them. So rules that a
+parent module applies (GPT-2 scales every ``c_proj.weight`` by 1/sqrt(2 n_layer) while
+initialising its attention and MLP blocks) come out right; everything else stays on ``meta``,
+where init calls cost nothing. Memory is bounded by the largest selected tensor.
+
+Values depend on (seed, tensor name) and the versions of transformers and torch, which the
+output's metadata records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import InitRuleError, SelectionError
+
+# model types whose _init_weights is BERT's: --rules auto keeps the torch-free rules for them
+BERT_FAMILY = {
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "xlm-roberta-xl",
+    "camembert",
+    "distilbert",
+    "electra",
+    "roberta-prelayernorm",
+    "data2vec-text",
+    "xmod",
+    "longformer",
+    "ernie",
+    "mpnet",
+}
+
+
+def choose_rules(rules: str, config: dict[str, Any] | None) -> str:
+    """``bert`` or ``model`` for ``--rules auto``: BERT's for its family (and for a checkpoint
+    with no config.json), the model's own for every other ``model_type``."""
+    if rules != "auto":
+        return rules
+    model_type = str((config or {}).get("model_type") or "")
+    return "bert" if not model_type or model_type in BERT_FAMILY else "model"
+
+
+@dataclass
+class ModelInit:
+    """The meta-device model whose own init fills tensors."""
+
+    model: Any
+    class_name: str
+    versions: dict[str, str]
+
+    @classmethod
+    def build(cls, config: dict[str, Any] | None, where: str) -> ModelInit:
+        try:
+            import torch
+            import transformers as tf
+        except ImportError:
+            raise SelectionError(
+                "--rules model needs transformers (and torch), which are not installed",
+                where,
+                "pip install transformers, or pass --rules bert",
+            ) from None
+        cfg = dict(config or {})
+        model_type = cfg.get("model_type")
+        if not model_type:
+            raise SelectionError(
+                "--rules model needs config.json's model_type", where, "pass --rules bert"
+            )
+        try:
+            tf_config = tf.AutoConfig.for_model(
+                model_type, **{k: v for k, v in cfg.items() if k != "model_type"}
+            )
+        except Exception as exc:
+            raise SelectionError(
+                f"transformers {tf.__version__} cannot build a config for {model_type!r} "
+                f"({_first(exc)})",
+                where,
+                "pass --rules bert",
+            ) from None
+        names = cfg.get("architectures") or []
+        model_class: Any = None
+        if names and isinstance(names[0], str):
+            model_class = getattr(tf, names[0], None)
+        if model_class is None:
+            model_class = tf.AutoModel._model_mapping[type(tf_config)]
+        try:
+            with torch.device("meta"):
+                model = model_class(tf_config)
+        except Exception as exc:
+            raise SelectionError(
+                f"cannot build {model_class.__name__} from config.json ({_first(exc)})",
+                where,
+                "pass --rules bert",
+            ) from None
+        versions = {"transformers": tf.__version__, "torch": torch.__version__.split("+")[0]}
+        return cls(model, model_class.__name__, versions)
+
+    def _locate(self, name: str) -> tuple[str, Any, str]:
+        """The model's own name for a checkpoint tensor, its owning module and leaf name."""
+        own = dict(self.model.named_parameters(remove_duplicate=False))
+        own.update(dict(self.model.named_buffers(remove_duplicate=False)))
+        prefix = getattr(self.model, "base_model_prefix", "")
+        candidates = [name]
+        if prefix:
+            candidates += [f"{prefix}.{name}", name.removeprefix(prefix + ".")]
+        for candidate in candidates:
+            if candidate in own:
+                path, _, leaf = candidate.rpartition(".")
+                return candidate, self.model.get_submodule(path), leaf
+        raise InitRuleError(
+            f"{self.class_name} has no tensor {name!r}",
+            name,
+            "check config.json's architectures, or pass --rules bert",
+        )
+
+    def values(self, name: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
+        """Float32 values of tensor ``name`` as the model's own init makes them."""
+        import torch
+
+        full, owner, leaf = self._locate(name)
+        current = getattr(owner, leaf)
+        if tuple(current.shape) != tuple(shape):
+            raise InitRuleError(
+                f"{self.class_name} builds {name} as {list(current.shape)}, the checkpoint has "
+                f"{list(shape)}",
+                name,
+                "check that config.json belongs to these weights",
+            )
+        real = torch.empty(shape, dtype=torch.float32)
+        is_param = leaf in owner._parameters
+        if is_param:
+            owner._parameters[leaf] = torch.nn.Parameter(real, requires_grad=False)
+        else:
+            owner._buffers[leaf] = real
+        try:
+            torch.manual_seed(_seed(seed, name))
+            parts = full.split(".")[:-1]
+            chain = [".".join(parts[:i]) for i in range(len(parts), -1, -1)]
+            with torch.no_grad():
+                for path in chain:  # the owner first, then each ancestor, the model last
+                    self.model._init_weights(self.model.get_submodule(path))
+            out = getattr(owner, leaf).detach().float().numpy().copy()
+        finally:
+            if is_param:
+                owner._parameters[leaf] = current
+            else:
+                owner._buffers[leaf] = current
+        return out
+
+
+def describe(values: np.ndarray) -> str:
+    """What a rule produced, for --dry-run: ones, zeros, a constant, or the distribution."""
+    flat = values.reshape(-1)
+    if flat.size == 0:
+        return "empty"
+    if np.all(flat == flat[0]):
+        v = float(flat[0])
+        return "ones" if v == 1 else "zeros" if v == 0 else f"constant({v:g})"
+    text = f"{float(flat.mean()):.2g}, {float(flat.std()):.3g}"
+    zero_rows = (
+        [i for i in range(values.shape[0]) if not values[i].any()] if values.ndim == 2 else []
+    )
+    bound = float(np.abs(flat).max())
+    kind = "trunc_normal" if bound <= 3.05 * float(flat.std()) and flat.size >= 1000 else "normal"
+    text = f"{kind}({text}" + (f", |x|<={bound:.3g})" if kind == "trunc_normal" else ")")
+    if zero_rows and len(zero_rows) <= 3:
+        text += ", row " + ",".join(map(str, zero_rows)) + " zeroed"
+    return "model init: " + text
+
+
+def _seed(seed: int, name: str) -> int:
+    digest = hashlib.sha256(f"{seed}\0{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _first(exc: Exception) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:160]

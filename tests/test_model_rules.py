@@ -1,0 +1,214 @@
+"""reinit --rules model: every architecture re-initialised the way its own code initialises it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import assert_bitwise_equal, reference_state
+from test_hardening import assert_clean_error, cli
+
+from ckptsurgeon import reinit
+
+H = dict(hidden_size=64, num_attention_heads=4, intermediate_size=96, vocab_size=99)
+
+
+def _build(name: str, seed: int) -> tuple[Any, str | None]:
+    """A tiny model of the architecture and the stack --top-layers needs (None: the only one)."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    if name == "bert":
+        return tf.BertForMaskedLM(tf.BertConfig(num_hidden_layers=2, **H)), None
+    if name == "roberta":
+        return tf.RobertaForMaskedLM(
+            tf.RobertaConfig(num_hidden_layers=2, max_position_embeddings=66, **H)
+        ), None
+    if name == "deberta-v2":
+        return tf.DebertaV2ForMaskedLM(tf.DebertaV2Config(num_hidden_layers=2, **H)), None
+    if name == "modernbert":
+        cfg = tf.ModernBertConfig(
+            num_hidden_layers=2,
+            max_position_embeddings=64,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            cls_token_id=1,
+            sep_token_id=2,
+            **H,
+        )
+        return tf.ModernBertForMaskedLM(cfg), None
+    if name == "distilbert":
+        return tf.DistilBertForMaskedLM(
+            tf.DistilBertConfig(vocab_size=99, dim=64, n_layers=2, n_heads=4, hidden_dim=96)
+        ), None
+    if name == "gpt2":
+        return tf.GPT2LMHeadModel(
+            tf.GPT2Config(
+                n_layer=2, n_embd=64, n_head=4, vocab_size=99, bos_token_id=0, eos_token_id=0
+            )
+        ), None
+    if name == "t5":
+        cfg = tf.T5Config(d_model=64, d_ff=96, num_layers=2, num_heads=4, d_kv=16, vocab_size=99)
+        return tf.T5ForConditionalGeneration(cfg), "decoder.block"
+    if name == "llama":
+        cfg = tf.LlamaConfig(num_hidden_layers=2, num_key_value_heads=2, **H)
+        return tf.LlamaForCausalLM(cfg), None
+    if name == "opt":
+        cfg = tf.OPTConfig(
+            hidden_size=64,
+            num_hidden_layers=2,
+            ffn_dim=96,
+            num_attention_heads=4,
+            vocab_size=99,
+            word_embed_proj_dim=64,
+        )
+        return tf.OPTForCausalLM(cfg), None
+    if name == "clip":
+        cfg = tf.CLIPConfig(
+            text_config={
+                "hidden_size": 64,
+                "intermediate_size": 96,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "vocab_size": 99,
+            },
+            vision_config={
+                "hidden_size": 64,
+                "intermediate_size": 96,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "image_size": 16,
+                "patch_size": 8,
+            },
+            projection_dim=16,
+        )
+        return tf.CLIPModel(cfg), "text_model.encoder.layers"
+    raise ValueError(name)  # fmt: skip
+
+
+ARCHS = [
+    "bert",
+    "roberta",
+    "deberta-v2",
+    "modernbert",
+    "distilbert",
+    "gpt2",
+    "t5",
+    "llama",
+    "opt",
+    "clip",
+]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Any, str | None]]:
+    import torch
+
+    base = tmp_path_factory.mktemp("archs")
+    out = {}
+    for name in ARCHS:
+        model, stack = _build(name, seed=0)
+        with torch.no_grad():  # far from any init, so a re-initialisation is visible
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.3 + 0.1)
+        model.save_pretrained(base / name)
+        out[name] = (base / name, type(model), stack)
+    return out
+
+
+def _same_kind(got: Any, fresh: Any, name: str) -> None:
+    """Constants equal exactly; random tensors from the same distribution (mean and std)."""
+    g, f = got.double().numpy().reshape(-1), fresh.double().numpy().reshape(-1)
+    if np.all(f == f[0]):
+        assert np.all(g == f[0]), name
+        return
+    if f.size < 2000:  # too few values to tell 0.02 from 0.007
+        return
+    assert abs(g.std() / f.std() - 1) < 0.1, (name, g.std(), f.std())
+    assert abs(g.mean() - f.mean()) < 0.1 * f.std() + 1e-3, (name, g.mean(), f.mean())
+
+
+@pytest.mark.roundtrip
+@pytest.mark.parametrize("arch", ARCHS)
+def test_rules_model_matches_a_fresh_model(saved, tmp_path, arch):
+    src, cls, stack = saved[arch]
+    args = ["reinit", src, tmp_path / "out", "--rules", "model", "--top-layers", "1"]
+    code, _, err, _ = cli(*args, *(["--stack", stack] if stack else []))
+    assert code == 0, err
+    model, info = cls.from_pretrained(str(tmp_path / "out"), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    fresh = _build(arch, seed=1)[0].state_dict()
+    before, after = reference_state(src), reference_state(tmp_path / "out")
+    changed = [n for n in after if not _equal(after[n], before[n])]
+    assert changed, "nothing was re-initialised"
+    top = stack or ""
+    for name, tensor in after.items():
+        if name in changed:
+            _same_kind(tensor, fresh[name], name)
+        else:
+            assert_bitwise_equal(tensor, before[name], name)
+    assert all(top in n for n in changed)
+
+
+def _equal(a: Any, b: Any) -> bool:
+    import torch
+
+    return a.shape == b.shape and bool(torch.equal(a, b))
+
+
+def test_gpt2_parent_rule_scales_c_proj(saved, tmp_path):
+    src, _, _ = saved["gpt2"]
+    res = reinit(src, tmp_path / "out", "transformer.h.1.*", rules="model")
+    rules = {t.name: t.rule for t in res.plan.tensors if t.action == "reinit"}
+    assert rules["transformer.h.1.ln_1.weight"] == "ones"
+    assert rules["transformer.h.1.attn.c_proj.bias"] == "zeros"
+    after = reference_state(tmp_path / "out")
+    std = float(after["transformer.h.1.attn.c_proj.weight"].std())
+    assert abs(std - 0.02 / np.sqrt(2 * 2)) < 0.001  # 0.01, not the leaf's 0.02
+    assert abs(float(after["transformer.h.1.attn.c_attn.weight"].std()) - 0.02) < 0.001
+
+
+def test_auto_bert_model_agree_on_bert_and_values_are_selection_independent(saved, tmp_path):
+    src, _, _ = saved["bert"]
+    auto = reinit(src, tmp_path / "auto", top_layers=1, dry_run=True)
+    assert all(
+        t.rule and not t.rule.startswith("model init")
+        for t in auto.plan.tensors
+        if t.action == "reinit"
+    )
+    reinit(src, tmp_path / "bert", top_layers=1, rules="bert")
+    reinit(src, tmp_path / "model", top_layers=1, rules="model")
+    a, b = reference_state(tmp_path / "bert"), reference_state(tmp_path / "model")
+    for name in a:
+        if name.startswith("bert.encoder.layer.1."):
+            _same_kind(a[name], b[name], name)
+    q = "bert.encoder.layer.1.attention.self.query.weight"
+    reinit(src, tmp_path / "one", q, rules="model", seed=5)
+    reinit(src, tmp_path / "two", [q, "bert.encoder.layer.0.*"], rules="model", seed=5)
+    reinit(src, tmp_path / "again", q, rules="model", seed=5)
+    one, two, again = (reference_state(tmp_path / d)[q] for d in ("one", "two", "again"))
+    assert_bitwise_equal(one, two, q)
+    assert_bitwise_equal(one, again, q)
+    meta = __import__("json").loads(
+        __import__("ckptsurgeon").open_checkpoint(tmp_path / "one").metadata["ckptsurgeon"]
+    )
+    assert set(meta["model_rules_versions"]) == {"transformers", "torch"}
+
+
+def test_rules_model_errors(saved, model_store, tmp_path):
+    src, _, _ = saved["gpt2"]
+    code, _, err, _ = cli(
+        "reinit", src, tmp_path / "o", "--rules", "model", "--top-layers", "1", "--std", "0.1"
+    )
+    assert_clean_error(code, err, "--std sets BERT's rules", "pass --rules bert")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "model.safetensors").symlink_to(model_store("bert") / "model.safetensors")
+    code, _, err, _ = cli("reinit", bare, tmp_path / "p", "--rules", "model", "-p", "cls.*")
+    assert_clean_error(
+        code, err, "--rules model needs config.json's model_type", "pass --rules bert"
+    )
