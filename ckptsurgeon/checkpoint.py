@@ -317,10 +317,12 @@ def _open_file(p: Path) -> Checkpoint:
     # Unknown extension: sniff the first bytes.
     with open(p, "rb") as fh:
         head = fh.read(16)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
-        return _open_torch(p)
+    # safetensors first: its 8-byte header length can start with 0x80, a pickle's first byte,
+    # but a pickle or zip never has the JSON '{' at byte 8 of a safetensors header
     if len(head) >= 9 and head[8:9] == b"{":
         return _open_safetensors(p)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return _open_torch(p)
     raise UnsupportedFormatError(
         "unrecognised checkpoint format",
         str(p),

@@ -31,7 +31,7 @@ from .writer import (
     write_checkpoint,
 )
 
-CHUNK_BYTES = 8 << 20
+CHUNK_BYTES = 4 << 20  # of a cast's source: a few of these in flight per core
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,7 @@ def execute(
                     yield p.name, chunk
 
         ahead: Iterator[tuple[str, bytes | memoryview]] = (
-            background(produce(), depth=16) if computed else iter(())
+            background(produce(), depth=8) if computed else iter(())
         )
         stack.callback(lambda: getattr(ahead, "close", lambda: None)())
 

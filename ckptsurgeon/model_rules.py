@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from .errors import InitRuleError, SelectionError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 # model types whose _init_weights is BERT's: --rules auto keeps the torch-free rules for them
 BERT_FAMILY = {
@@ -159,6 +160,8 @@ class ModelInit:
 
 def describe(values: np.ndarray) -> str:
     """What a rule produced, for --dry-run: ones, zeros, a constant, or the distribution."""
+    import numpy as np
+
     flat = values.reshape(-1)
     if flat.size == 0:
         return "empty"

@@ -325,3 +325,20 @@ def test_bin_conversion_does_not_page_in_the_checkpoint(tmp_path):
     rc, rss = peak_rss_mib([sys.executable, "-m", "ckptsurgeon", "convert", big, tmp_path / "o"])
     assert rc == 0
     assert rss < base + 120, (rss, base)
+
+
+def test_a_safetensors_header_length_starting_with_0x80_is_not_a_pickle(tmp_path):
+    """Files with no known extension are sniffed; a header length whose low byte is 0x80 (the
+    pickle protocol opcode) must still read as safetensors."""
+    from ckptsurgeon.safetensors_format import build_header
+
+    for pad in range(0, 64):
+        header, _ = build_header([("w", "F32", (1,), 4)], {"format": "pt", "x": "y" * pad})
+        if header[0] == 0x80:
+            break
+    else:  # pragma: no cover
+        raise AssertionError("no padding gave a 0x80 length")
+    path = tmp_path / "weights.tmp"
+    path.write_bytes(header + b"\0" * 4)
+    ckpt = open_checkpoint(path)
+    assert ckpt.format == "safetensors" and ckpt.names == ["w"]

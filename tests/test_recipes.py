@@ -70,6 +70,8 @@ def test_four_step_recipe_equals_the_chained_commands(ddp_src, tmp_path):
         "exclude": [],
         "seed": 3,
         "std": None,
+        "stack": None,
+        "rules": "auto",
     }
 
 
@@ -140,11 +142,11 @@ def _recipe(tmp_path: Path, steps: object, name: str = "r.json") -> Path:
     [
         (
             [{"op": "prune"}],
-            "Error: unknown op 'prune' (recipe step 1): ops are: cast, convert, drop, reinit, rename",
+            "Error: unknown op 'prune' (recipe step 1): ops are: cast, convert, drop, layers, reinit, rename, resize-vocab",
         ),
         (
             [{"op": "drop", "patterns": ["cls.*"]}, {"op": "reinit", "top_layer": 3}],
-            "Error: unknown key 'top_layer' for reinit (recipe step 2 (reinit)): the keys of reinit are: exclude, patterns, pooler, seed, std, top_layers",
+            "Error: unknown key 'top_layer' for reinit (recipe step 2 (reinit)): the keys of reinit are: exclude, patterns, pooler, rules, seed, stack, std, top_layers",
         ),
         (
             [{"op": "reinit", "top_layers": "3"}],
