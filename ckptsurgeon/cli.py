@@ -337,27 +337,16 @@ def _verb_command(operation: Operation) -> None:
         revision: str | None,
         **values: Any,
     ) -> None:
-        from .api import run, verb_recipe
+        from .api import verb_recipe
 
         strip = values.pop("strip_prefix", ()) if takes_strip else ()
         values = {k: [list(p) for p in v] if k == "sub" else v for k, v in values.items()}
         values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
         recipe = verb_recipe(operation.name, values, labels=flags)
-        with _progress(operation.name) as bar:
-            result = run(
-                recipe,
-                src,
-                dest,
-                verb=operation.name,
-                strip_prefix=strip,
-                dry_run=dry_run,
-                max_shard_size=max_shard_size,
-                overwrite=overwrite,
-                threads=threads,
-                progress=bar,
-                revision=revision,
-            )
-        _report(result, as_json, dry_run=dry_run)
+        _run_and_report(
+            recipe, src, dest, operation.name, strip, dry_run, max_shard_size, overwrite,
+            as_json, threads, revision,
+        )  # fmt: skip
 
     details = _DETAILS.get(operation.name, "")
     callback.__doc__ = operation.summary + (f"\n\n{details}" if details else "")
@@ -392,13 +381,37 @@ def apply_cmd(
     rename's sub is a list of [REGEX, REPL] pairs). Steps apply in order, each to the names and
     dtypes left by the steps before it.
     """
-    from .api import apply
+    from .recipe import Recipe
 
-    with _progress("apply") as bar:
-        result = apply(
+    _run_and_report(
+        Recipe.load(recipe), src, dest, "apply", (), dry_run, max_shard_size, overwrite,
+        as_json, threads, revision,
+    )  # fmt: skip
+
+
+def _run_and_report(
+    recipe: Any,
+    src: str,
+    dest: str,
+    verb: str,
+    strip: Sequence[str],
+    dry_run: bool,
+    max_shard_size: int,
+    overwrite: bool,
+    as_json: bool,
+    threads: int | None,
+    revision: str | None,
+) -> None:
+    """Every writing command: run its recipe with a progress bar, then render the result."""
+    from .api import run
+
+    with _progress(verb) as bar:
+        result = run(
             recipe,
             src,
             dest,
+            verb=verb,
+            strip_prefix=strip,
             dry_run=dry_run,
             max_shard_size=max_shard_size,
             overwrite=overwrite,
