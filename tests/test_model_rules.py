@@ -212,3 +212,36 @@ def test_rules_model_errors(saved, model_store, tmp_path):
     assert_clean_error(
         code, err, "--rules model needs config.json's model_type", "pass --rules bert"
     )
+
+
+@pytest.mark.parametrize("arch", ["roberta", "distilbert"])
+def test_bert_and_model_rules_agree_on_more_of_the_family(saved, tmp_path, arch):
+    src, _, _ = saved[arch]
+    reinit(src, tmp_path / "bert", top_layers=1, rules="bert")
+    reinit(src, tmp_path / "model", top_layers=1, rules="model")
+    a, b = reference_state(tmp_path / "bert"), reference_state(tmp_path / "model")
+    before = reference_state(src)
+    changed = [n for n in a if not _equal(a[n], before[n])]
+    assert changed
+    for name in changed:
+        _same_kind(a[name], b[name], name)
+
+
+def test_rules_model_without_transformers_says_what_to_do(saved, tmp_path, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_transformers(name, *args, **kwargs):
+        if name == "transformers":
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_transformers)
+    src, _, _ = saved["gpt2"]
+    code, _, err, _ = cli("reinit", src, tmp_path / "o", "--top-layers", "1")  # auto: model
+    assert err.strip() == (
+        f"Error: --rules model needs transformers (and torch), which are not installed ({src}): "
+        "pip install transformers, or pass --rules bert"
+    )
+    assert code == 2 and not (tmp_path / "o").exists()
