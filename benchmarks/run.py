@@ -403,7 +403,7 @@ def recipe_suite(
         "steps:\n"
         "  - {op: rename, strip_prefix: ['module.']}\n"
         f"  - {{op: drop, patterns: ['{head}']}}\n"
-        "  - {op: reinit, top_layers: 3, seed: 0}\n"
+        "  - {op: reinit, top_layers: 3, seed: 0, rules: bert}\n"
         f"  - {{op: cast, dtype: {dtype}}}\n"
     )
     shard = ["--max-shard-size", "1.6GB"]
@@ -417,14 +417,16 @@ def recipe_suite(
     steps: dict[str, Job] = {
         "step alone: rename": ck("rename", src, OUT / "s", "--strip-prefix", "module.", *shard),
         "step alone: drop": ck("drop", src, OUT / "s", "-p", f"module.{head}", *shard),
-        "step alone: reinit top3": ck("reinit", src, OUT / "s", "-p", top3, *shard),
+        "step alone: reinit top3": ck(
+            "reinit", src, OUT / "s", "-p", top3, "--rules", "bert", *shard
+        ),
         f"step alone: cast {dtype}": ck("cast", src, OUT / "s", "--dtype", dtype, *shard),
     }
     chain = " && ".join(
         [
             f"{' '.join(CKPT)} rename {src} {OUT / 'a'} --strip-prefix module. {' '.join(shard)}",
             f"{' '.join(CKPT)} drop {OUT / 'a'} {OUT / 'b'} -p '{head}' {' '.join(shard)}",
-            f"{' '.join(CKPT)} reinit {OUT / 'b'} {OUT / 'c'} --top-layers 3 {' '.join(shard)}",
+            f"{' '.join(CKPT)} reinit {OUT / 'b'} {OUT / 'c'} --top-layers 3 --rules bert {' '.join(shard)}",
             f"{' '.join(CKPT)} cast {OUT / 'c'} {OUT / 'd'} --dtype {dtype} {' '.join(shard)}",
         ]
     )  # fmt: skip
@@ -505,12 +507,19 @@ def suites(args: argparse.Namespace, report: Report) -> None:
     big = CACHE / "decoder-6gb-bf16"
     if not args.skip_6gb:
         cfg = {
+            "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
             "num_hidden_layers": 26,
             "hidden_size": 3072,
+            "intermediate_size": 8192,
+            "num_attention_heads": 24,
+            "num_key_value_heads": 24,
+            "vocab_size": 32000,
+            "tie_word_embeddings": False,
             "initializer_range": 0.02,
         }
         build(big, decoder_specs(3072, 26, 8192, 32000), "BF16", cfg, 1_600_000_000)
+        (big / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")  # a full config
 
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}"
@@ -566,7 +575,9 @@ def suites(args: argparse.Namespace, report: Report) -> None:
             "inspect": ck("inspect", big),
             "convert": ck("convert", big, OUT / "c", *shard),
             "drop lm_head": ck("drop", big, OUT / "d", "-p", "lm_head.*", *shard),
-            "reinit top3": ck("reinit", big, OUT / "r", "--top-layers", 3, *shard),
+            "reinit top3": ck(
+                "reinit", big, OUT / "r", "--top-layers", 3, "--rules", "bert", *shard
+            ),
             "cast fp16": ck("cast", big, OUT / "f", "--dtype", "fp16", *shard),
             "rename": ck("rename", big, OUT / "n", "--sub", "^model\\.", "base.", *shard),
             "layers --keep 0-12": ck("layers", big, OUT / "l", "--keep", "0-12", *shard),
@@ -582,6 +593,8 @@ def suites(args: argparse.Namespace, report: Report) -> None:
                 CACHE / "decoder-re",
                 "--top-layers",
                 "3",
+                "--rules",
+                "bert",
                 "--overwrite",
                 *shard,
             ],
