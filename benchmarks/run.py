@@ -553,9 +553,9 @@ def suites(args: argparse.Namespace, report: Report) -> None:
 
         student = layers_suite(report, "bert-base", base, "0,2,4,7,9,11", args.reps)
         report.target(
-            "bert-base layers --keep 0,2,4,7,9,11 <= 1.1x cp+sync of the bytes it writes",
-            student <= 1.1,
-            f"{student:.2f}x",
+            "bert-base layers --keep 0,2,4,7,9,11 vs cp+sync of the bytes it writes (info)",
+            True,
+            f"{student:.2f}x: 0.1 s of start-up against a 0.13 s copy",
         )
 
     if not args.skip_large:
@@ -621,6 +621,12 @@ def suites(args: argparse.Namespace, report: Report) -> None:
         ):
             r = res[job].ratio
             report.target(f"6GB {job} <= {limit}x cp+sync", r <= limit, f"{r:.2f}x")
+        half = layers_suite(report, "6GB bf16 4 shards", big, "0-12", args.reps)
+        report.target(
+            "6GB layers --keep 0-12 <= 1.1x cp+sync of the bytes it writes",
+            half <= 1.1,
+            f"{half:.2f}x",
+        )
         ddp = prefixed(big, CACHE / "decoder-6gb-bf16-ddp")
         rec = recipe_suite(
             report, "6GB (module.)", ddp, "model.layers", "lm_head.*", "fp16", args.reps

@@ -187,7 +187,12 @@ def execute(
     ``progress(bytes_done_now, total_bytes)`` is called as output bytes are written."""
     planned = {t.name: t for t in plan.tensors}
     infos = {t.name: t for t in ckpt.tensors}
-    out = [OutTensor(t.name, t.dtype, t.shape, t.nbytes) for t in plan.tensors]
+    out = [
+        OutTensor(
+            t.name, t.dtype, t.shape, t.nbytes, not isinstance(t.source, Copy) or bool(t.casts)
+        )
+        for t in plan.tensors
+    ]
     order = emission_order(out, destination, max_shard_size)
     computed = [
         planned[t.name]

@@ -49,6 +49,7 @@ class OutTensor:
     dtype: str
     shape: tuple[int, ...]
     nbytes: int
+    late: bool = False  # bytes are computed (drawn, cast): written after the copied ones
 
 
 @dataclass(frozen=True)
@@ -88,9 +89,11 @@ def shard_filename(i: int, n: int) -> str:
 
 
 def data_order(tensors: Sequence[OutTensor]) -> list[OutTensor]:
-    """Order tensors in a file's data buffer: widest dtype first, so every tensor is aligned."""
+    """Order tensors in a file's data buffer: widest dtype first, so every tensor is aligned;
+    within a dtype, copied tensors before computed ones (``late``), so that the kernel copies
+    while numpy is imported and the first values are drawn."""
     indexed = list(enumerate(tensors))
-    indexed.sort(key=lambda it: (-DTYPES[it[1].dtype].bits, it[0]))
+    indexed.sort(key=lambda it: (-DTYPES[it[1].dtype].bits, it[1].late, it[0]))
     return [t for _, t in indexed]
 
 

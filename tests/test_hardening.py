@@ -549,8 +549,9 @@ def test_ctrl_c_at_any_moment_of_a_bin_job_publishes_nothing(model_store, tmp_pa
         time.sleep(whole * 0.6 * i / 12)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
-        # -2: the signal came before Python had set up its handlers at all
-        assert proc.returncode in (130, -signal.SIGINT), (i, proc.returncode, err)
+        # -2: the signal came before Python had set up its handlers at all; -6: it landed in
+        # torch's C++ import code, whose pybind11 layer aborts on the KeyboardInterrupt
+        assert proc.returncode in (130, -signal.SIGINT, -signal.SIGABRT), (i, proc.returncode, err)
         assert not dest.exists() and leftovers(tmp_path) == [], i
 
 
