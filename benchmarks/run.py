@@ -31,6 +31,8 @@ import argparse
 import json
 import os
 import platform
+import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -203,7 +205,7 @@ def run_once(job: Job) -> tuple[float, float]:
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - t0
     code = os.waitstatus_to_exitcode(status)
-    if code not in (0, 1):
+    if code not in (0, 1) or (shell and code != 0):  # diff exits 1 on differences; cp never may
         raise RuntimeError(f"{cmd} exited {code}")
     if TIME:
         return elapsed, int(rss_file.read_text().split()[-1]) / 1024
@@ -313,8 +315,8 @@ def cp_sync(src: Path) -> Job:
     ckptsurgeon fsyncs exactly what it writes. A bare `sync` would also wait for every other
     dirty page on the machine (the previous run's deleted output, other processes), which made
     the reference vary 5x between runs here."""
-    dest = OUT / "cp"
-    return (f"cp -r {src} {dest} && sync {dest}/* {dest}", True)
+    dest = shlex.quote(str(OUT / "cp"))
+    return (f"cp -r {shlex.quote(str(src))} {dest} && sync {dest}/* {dest}", True)
 
 
 def ck(*args: object) -> Job:
@@ -451,7 +453,7 @@ def recipe_suite(
 def layers_suite(report: Report, name: str, src: Path, keep: str, reps: int) -> float:
     """``layers`` against `cp`+sync of the bytes it writes: its own output, made once untimed,
     is what the reference copies."""
-    made = CACHE / f"{name}-layers"
+    made = CACHE / (re.sub(r"\W+", "-", name) + "-layers")
     subprocess.run(
         [*CKPT, "layers", src, made, "--keep", keep, "--overwrite"], check=True, capture_output=True
     )
