@@ -73,15 +73,6 @@ class Checkpoint:
     def names(self) -> list[str]:
         return [t.name for t in self.tensors]
 
-    @property
-    def wrapper_prefix(self) -> str | None:
-        """``module.`` or ``_orig_mod.`` when every name carries it (a wrapped model's save)."""
-        return wrapper_prefix(self.names)
-
-    def wrapper_hint(self) -> str:
-        """A hint toward ``--strip-prefix`` for a wrapped model's checkpoint, else ''."""
-        return wrapper_hint(self.names)
-
     def require_valid_config(self) -> None:
         """Raise the config.json problem, if any (every command that writes calls this)."""
         if self.config_error is not None:
@@ -180,6 +171,24 @@ def normalise_name_prefixes(
     return [_dotted_prefix(p, names, where) for p in prefixes]
 
 
+def strip_first_prefix(name: str, prefixes: Sequence[str]) -> str:
+    """``name`` without the first of ``prefixes`` it starts with (never the whole name)."""
+    for prefix in prefixes:
+        if prefix and name.startswith(prefix) and len(name) > len(prefix):
+            return name[len(prefix) :]
+    return name
+
+
+def require_a_prefix(names: Sequence[str], prefixes: Sequence[str], where: str) -> None:
+    """Refuse prefixes that strip nothing from any of ``names``."""
+    if not any(strip_first_prefix(n, prefixes) != n for n in names):
+        raise SelectionError(
+            "no tensor name starts with " + " or ".join(repr(p) for p in prefixes),
+            where,
+            f"names start like {names[0]!r}" if names else "check the prefix",
+        )
+
+
 def strip_prefixes(ckpt: Checkpoint, prefixes: str | Sequence[str]) -> Checkpoint:
     """A view of ``ckpt`` with the first matching prefix removed from every name.
 
@@ -191,12 +200,10 @@ def strip_prefixes(ckpt: Checkpoint, prefixes: str | Sequence[str]) -> Checkpoin
     prefixes = normalise_prefixes(ckpt, prefixes)
     if not prefixes:
         return ckpt
+    require_a_prefix([*ckpt.names, *ckpt.aliases], prefixes, str(ckpt.path))
 
     def strip(name: str) -> str:
-        for prefix in prefixes:
-            if prefix and name.startswith(prefix) and len(name) > len(prefix):
-                return name[len(prefix) :]
-        return name
+        return strip_first_prefix(name, prefixes)
 
     seen: dict[str, str] = {}
     tensors = []
@@ -210,12 +217,6 @@ def strip_prefixes(ckpt: Checkpoint, prefixes: str | Sequence[str]) -> Checkpoin
             )
         seen[new] = t.name
         tensors.append(replace(t, name=new, stored_name=t.key) if new != t.name else t)
-    if all(t.stored_name is None for t in tensors) and not any(strip(n) != n for n in ckpt.aliases):
-        raise SelectionError(
-            "no tensor name starts with " + " or ".join(repr(p) for p in prefixes),
-            str(ckpt.path),
-            f"names start like {ckpt.tensors[0].name!r}" if ckpt.tensors else "check the prefix",
-        )
     aliases = {strip(a): strip(c) for a, c in ckpt.aliases.items()}
     return replace(ckpt, tensors=tensors, aliases=aliases)
 

@@ -45,11 +45,6 @@ def _handler(signum: int, frame: Any) -> None:
     raise Terminated(signum)
 
 
-def received() -> int | None:
-    """The signal received since :func:`reset`, if any."""
-    return _received
-
-
 def reset() -> None:
     global _received
     _received = None

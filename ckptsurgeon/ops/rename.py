@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-from ..checkpoint import normalise_name_prefixes
+from ..checkpoint import normalise_name_prefixes, require_a_prefix, strip_first_prefix
 from ..errors import SelectionError
 from ..plan import Copy, Plan
 from .base import STRIP_PREFIX, Operation, Option
@@ -28,14 +28,8 @@ def plan_rename(
         )
     everything = [*plan.names, *plan.aliases]
     prefixes = normalise_name_prefixes(strip_prefix, everything, plan.source)
-    if prefixes and not any(
-        n.startswith(p) and len(n) > len(p) for n in everything for p in prefixes
-    ):
-        raise SelectionError(
-            "no tensor name starts with " + " or ".join(repr(p) for p in prefixes),
-            plan.source,
-            f"names start like {everything[0]!r}" if everything else "check the prefix",
-        )
+    if prefixes:
+        require_a_prefix(everything, prefixes, plan.source)
     compiled = []
     for pattern, repl in sub:
         try:
@@ -48,10 +42,7 @@ def plan_rename(
             ) from None
 
     def new_name(name: str) -> str:
-        for prefix in prefixes:
-            if prefix and name.startswith(prefix) and len(name) > len(prefix):
-                name = name[len(prefix) :]
-                break
+        name = strip_first_prefix(name, prefixes)
         for regex, repl in compiled:
             try:
                 name = regex.sub(repl, name)
