@@ -88,6 +88,7 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except CkptSurgeonError as exc:
+            _after_a_swallowed_interrupt()
             if _debug_enabled(ctx):
                 traceback.print_exc()
             raise CommandError(exc.message) from None
@@ -101,11 +102,23 @@ class Group(click.Group):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit((ctx.obj or {}).get("exit_code", 0))
         except Exception as exc:  # a bug or an unexpected OS error: still one clean line
+            _after_a_swallowed_interrupt()
             if _debug_enabled(ctx):
                 traceback.print_exc()
             raise CommandError(
                 f"unexpected {type(exc).__name__}: {exc}: rerun with --debug and report it"
             ) from None
+
+
+def _after_a_swallowed_interrupt() -> None:
+    """An error that follows a signal whose exception something swallowed is the signal's doing.
+
+    A Ctrl-C inside ``import torch`` can be caught there and leave torch half-imported, so the
+    next use fails with an ImportError ("cannot load module more than once per process"): the
+    user interrupted the job, and its status says so (130), not "unexpected error" (2)."""
+    exc = interrupts.pending()
+    if exc is not None:
+        _interrupted(exc)
 
 
 def _interrupted(exc: BaseException) -> None:

@@ -50,12 +50,20 @@ def reset() -> None:
     _received = None
 
 
+def pending() -> BaseException | None:
+    """The exception of a signal that arrived (even if the one it raised was swallowed), or None."""
+    if _received is None:
+        return None
+    if _received == signal.SIGINT:
+        return KeyboardInterrupt()
+    return Terminated(_received)
+
+
 def check() -> None:
     """Raise if a signal arrived, even if the exception it raised was swallowed."""
-    if _received is not None:
-        if _received == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise Terminated(_received)
+    exc = pending()
+    if exc is not None:
+        raise exc
 
 
 @contextmanager

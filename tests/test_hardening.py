@@ -555,6 +555,38 @@ def test_ctrl_c_at_any_moment_of_a_bin_job_publishes_nothing(model_store, tmp_pa
         assert not dest.exists() and leftovers(tmp_path) == [], i
 
 
+@pytest.mark.parametrize("late_error", ["ImportError", "CkptSurgeonError"])
+def test_an_error_after_a_swallowed_ctrl_c_exits_as_interrupted(model_store, tmp_path, late_error):
+    # What CI once hit: Ctrl-C lands inside `import torch`, which catches it and leaves torch
+    # half-imported; the next use raises ImportError ("cannot load module more than once per
+    # process"). The user interrupted the job: exit 130 and the one interrupt line, not exit 2.
+    src = model_store("bert", "safetensors")
+    dest = tmp_path / "out"
+    script = f"""
+import os, signal, sys
+import ckptsurgeon.api
+from ckptsurgeon.errors import CkptSurgeonError
+from ckptsurgeon.cli import main
+
+def run(*args, **kwargs):
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+    except KeyboardInterrupt:
+        pass  # swallowed, as torch's import can
+    if {late_error!r} == "ImportError":
+        raise ImportError("cannot load module more than once per process")
+    raise CkptSurgeonError("reading x: broken")
+
+ckptsurgeon.api.run = run
+sys.argv = ["ckptsurgeon", "convert", {str(src)!r}, {str(dest)!r}]
+main()
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "Error: interrupted; nothing was written\n"
+    assert not dest.exists() and leftovers(tmp_path) == []
+
+
 # ---------------------------------------------------------------------------------------------
 # Fuzzed hostile source trees: links in and out, loops, FIFOs, stale weights
 
