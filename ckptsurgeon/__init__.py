@@ -10,20 +10,12 @@ BERT's rules, and write a byte-deterministic safetensors checkpoint that stock
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from .api import (
-    Result,
-    apply,
-    cast,
-    convert,
-    drop,
-    layers,
-    reinit,
-    rename,
-    resize_vocab,
-)
-from .checkpoint import Checkpoint, TensorInfo, open_checkpoint
+# eager: the submodule `diff` would otherwise shadow the function `diff` once anything imports it
 from .diff import DiffResult, diff
 from .errors import (
     CheckpointNotFoundError,
@@ -39,10 +31,60 @@ from .errors import (
     VerificationError,
     WriteError,
 )
-from .inspection import Inspection, inspect
-from .plan import Plan
-from .recipe import Recipe
-from .sizes import parse_size
+
+# The public names load their module on first use (PEP 562): a command imports only what it
+# needs (`reinit` never loads diff or inspect), which keeps start-up short.
+_LAZY = {
+    "Result": "api",
+    "apply": "api",
+    "cast": "api",
+    "convert": "api",
+    "drop": "api",
+    "layers": "api",
+    "reinit": "api",
+    "rename": "api",
+    "resize_vocab": "api",
+    "Checkpoint": "checkpoint",
+    "TensorInfo": "checkpoint",
+    "open_checkpoint": "checkpoint",
+    "Inspection": "inspection",
+    "inspect": "inspection",
+    "Plan": "plan",
+    "Recipe": "recipe",
+    "parse_size": "sizes",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .api import (
+        Result,
+        apply,
+        cast,
+        convert,
+        drop,
+        layers,
+        reinit,
+        rename,
+        resize_vocab,
+    )
+    from .checkpoint import Checkpoint, TensorInfo, open_checkpoint
+    from .inspection import Inspection, inspect
+    from .plan import Plan
+    from .recipe import Recipe
+    from .sizes import parse_size
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ckptsurgeon' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "Checkpoint",

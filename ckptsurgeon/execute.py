@@ -24,20 +24,69 @@ from .plan import Copy, Generate, ModelDraw, Plan, PlannedTensor, Rows
 from .tensorio import TensorInfo, TensorReader, write_all
 from .writer import (
     DEFAULT_MAX_SHARD_SIZE,
+    KICK_BYTES,
     OutTensor,
     WriteResult,
-    emission_order,
+    data_order,
     is_single_file,
+    shard_groups,
     write_checkpoint,
 )
 
 CHUNK_BYTES = 4 << 20  # of a cast's source: a few of these in flight per core
+# computed bytes made ahead of the writer: computed tensors are written after the copied ones of
+# their file, so this much is drawn or cast while the kernel copies; memory stays bounded by it
+AHEAD_BYTES = 96 << 20
+
+
+def _chunk_size(item: tuple[str, bytes | memoryview]) -> int:
+    chunk = item[1]
+    return len(chunk) if isinstance(chunk, bytes) else chunk.nbytes
 
 
 @dataclass(frozen=True)
 class Executed:
     written: WriteResult
     notes: tuple[str, ...]  # what only the bytes could tell (values lost to a cast)
+
+
+def _copy_runs(
+    groups: list[list[OutTensor]], planned: dict[str, PlannedTensor], infos: dict[str, TensorInfo]
+) -> dict[str, tuple[TensorInfo, int]]:
+    """Runs of copied tensors that lie back to back in one source file, in the writer's order:
+    each is copied in one kernel call (far fewer calls than tensors; up to ``KICK_BYTES`` per
+    run, so that write-back still starts every ``KICK_BYTES``). Keyed by the run's first tensor;
+    the value spans the run's bytes, with the run's number of tensors."""
+    runs: dict[str, tuple[TensorInfo, int]] = {}
+
+    def source(t: OutTensor) -> TensorInfo | None:
+        p = planned[t.name]
+        if not isinstance(p.source, Copy) or p.casts:
+            return None
+        info = infos[p.source.tensor]
+        return info if info.offset is not None else None
+
+    for group in groups:
+        ordered = data_order(group)
+        i = 0
+        while i < len(ordered):
+            first = source(ordered[i])
+            j = i + 1
+            if first is not None:
+                assert first.offset is not None
+                end = first.offset + first.nbytes
+                while j < len(ordered) and end - first.offset < KICK_BYTES:
+                    nxt = source(ordered[j])
+                    if nxt is None or nxt.file != first.file or nxt.offset != end:
+                        break
+                    end += nxt.nbytes
+                    j += 1
+                if j - i > 1:
+                    span = end - first.offset
+                    info = TensorInfo(first.name, "U8", (span,), span, first.file, first.offset)
+                    runs[ordered[i].name] = (info, j - i)
+            i = j
+    return runs
 
 
 def _whole_elements(
@@ -193,7 +242,9 @@ def execute(
         )
         for t in plan.tensors
     ]
-    order = emission_order(out, destination, max_shard_size)
+    groups = shard_groups(out, destination, max_shard_size)
+    order = [t for group in groups for t in data_order(group)]  # the writer's order
+    runs = _copy_runs(groups, planned, infos)
     computed = [
         planned[t.name]
         for t in order
@@ -226,7 +277,7 @@ def execute(
                     yield p.name, chunk
 
         ahead: Iterator[tuple[str, bytes | memoryview]] = (
-            background(produce(), depth=8) if computed else iter(())
+            background(produce(), budget=AHEAD_BYTES, size=_chunk_size) if computed else iter(())
         )
         stack.callback(lambda: getattr(ahead, "close", lambda: None)())
 
@@ -236,12 +287,17 @@ def execute(
             if progress is not None:
                 progress(n, total)
 
-        def emit(t: OutTensor, fd: int) -> None:
+        def emit(t: OutTensor, fd: int) -> int:
+            if t.name in runs:  # t and the tensors after it, back to back in the source
+                span, count = runs[t.name]
+                reader.copy_to(span, fd)
+                done(span.nbytes)
+                return count
             p = planned[t.name]
             if isinstance(p.source, Copy) and not p.casts:
                 reader.copy_to(infos[p.source.tensor], fd)
                 done(t.nbytes)
-                return
+                return 1
             remaining = t.nbytes
             while remaining:
                 name, chunk = next(ahead)
@@ -251,6 +307,7 @@ def execute(
                 n = len(chunk) if isinstance(chunk, bytes) else chunk.nbytes
                 remaining -= n
                 done(n)
+            return 1
 
         config = config_bytes(plan)
         if config is not None and is_single_file(destination):

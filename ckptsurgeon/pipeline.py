@@ -7,58 +7,99 @@ thread and the consumer really run at once. The queue bound keeps memory at ``de
 from __future__ import annotations
 
 import os
-import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 
-def background(items: Iterator[Any], depth: int = 2) -> Generator[Any, None, None]:
-    """Yield ``items`` in order, produced up to ``depth`` ahead by a thread.
+class background(Iterator[Any]):  # used as a function
+    """Yield ``items`` in order, produced ahead by a thread started at once: up to ``depth``
+    items, or, with ``budget`` and ``size``, up to ``budget`` bytes (``size(item)`` each; one
+    item at least).
 
-    Exceptions in the producer are raised in the consumer. Closing the generator (or leaving
-    a ``for`` loop early) stops the producer.
+    The producer starts now, not at the first ``next()``: a producer whose items are needed only
+    late (computed tensors, written after the copied ones) does its work while the caller does
+    other work, with memory still bounded. Exceptions in the producer are raised in the
+    consumer. ``close()`` (also on garbage collection) stops the producer, started or not.
     """
-    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
 
-    def put(entry: tuple[str, Any]) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(entry, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
+    def __init__(
+        self,
+        items: Iterator[Any],
+        depth: int = 2,
+        *,
+        budget: int | None = None,
+        size: Callable[[Any], int] | None = None,
+    ) -> None:
+        self._items = items
+        self._size = size if budget is not None and size is not None else None
+        self._limit = budget if self._size is not None and budget is not None else depth
+        self._q: deque[tuple[str, Any, int]] = deque()
+        self._ready = threading.Condition()
+        self._stop = False
+        self._held = 0  # bytes (or items) produced and not yet taken
+        self._finished = False
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
 
-    def pump() -> None:
+    def _put(self, kind: str, item: Any, w: int) -> bool:
+        with self._ready:
+            while self._held and self._held + w > self._limit and not self._stop:
+                self._ready.wait()
+            if self._stop:
+                return False
+            self._q.append((kind, item, w))
+            self._held += w
+            self._ready.notify_all()
+        return True
+
+    def _pump(self) -> None:
         try:
-            for item in items:
-                if not put(("item", item)):
+            for item in self._items:
+                w = self._size(item) if self._size is not None else 1
+                if not self._put("item", item, w):
                     return
-            put(("done", None))
+            self._put("done", None, 0)
         except BaseException as exc:  # forwarded to the consumer
-            put(("error", exc))
+            self._put("error", exc, 0)
 
-    thread = threading.Thread(target=pump, daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, value = q.get()
-            if kind == "item":
-                yield value
-            elif kind == "error":
-                raise value
-            else:
-                return
-    finally:
-        stop.set()
-        thread.join()
-        close = getattr(items, "close", None)
+    def __iter__(self) -> background:
+        return self
+
+    def __next__(self) -> Any:
+        if self._finished:
+            raise StopIteration
+        with self._ready:
+            while not self._q:
+                self._ready.wait()
+            kind, value, w = self._q.popleft()
+            self._held -= w
+            self._ready.notify_all()
+        if kind == "item":
+            return value
+        self.close()
+        if kind == "error":
+            raise value
+        raise StopIteration
+
+    def close(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        with self._ready:
+            self._stop = True
+            self._q.clear()
+            self._ready.notify_all()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+        close = getattr(self._items, "close", None)
         if close is not None:
             close()
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def ordered_map(

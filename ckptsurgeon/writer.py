@@ -261,13 +261,15 @@ def write_safetensors(
     path: Path,
     tensors: Sequence[OutTensor],
     metadata: dict[str, str],
-    emit: Callable[[OutTensor, int], None],
+    emit: Callable[[OutTensor, int], int | None],
     *,
     fsync: bool = True,
 ) -> None:
     """Write one safetensors file: header first, then each tensor's bytes via ``emit``.
 
-    ``emit(tensor, fd)`` must write exactly ``tensor.nbytes`` bytes to ``fd``; this is checked.
+    ``emit(tensor, fd)`` must write exactly ``tensor.nbytes`` bytes to ``fd``, or, when it
+    returns a count k, the bytes of that tensor and the k-1 that follow it in
+    :func:`data_order` (a run of tensors copied in one kernel call); this is checked.
     Write-back to disk is started every ``KICK_BYTES`` so that flushing overlaps writing;
     with ``fsync=False`` the caller must fsync the file before publishing it.
     """
@@ -278,18 +280,22 @@ def write_safetensors(
         write_all(fd, header)
         pos = len(header)
         kicked = 0
-        for t in ordered:
+        i = 0
+        while i < len(ordered):
+            t = ordered[i]
             interrupts.check()  # an interrupt whose exception something swallowed
-            emit(t, fd)
-            pos += t.nbytes
+            count = emit(t, fd) or 1
+            nbytes = sum(x.nbytes for x in ordered[i : i + count])
+            pos += nbytes
+            i += count
             if pos - kicked >= KICK_BYTES:
                 _start_writeback(fd)
                 kicked = pos
             now = os.lseek(fd, 0, os.SEEK_CUR)
             if now != pos:
+                what = f"tensor {t.name!r}" if count == 1 else f"{count} tensors from {t.name!r}"
                 raise VerificationError(
-                    f"wrote {now - pos + t.nbytes} bytes for tensor {t.name!r}, "
-                    f"expected {t.nbytes}",
+                    f"wrote {now - pos + nbytes} bytes for {what}, expected {nbytes}",
                     str(path),
                     "this is a bug in ckptsurgeon; please report it",
                 )
@@ -334,7 +340,7 @@ def write_checkpoint(
     src: Checkpoint,
     dest: str | os.PathLike[str],
     tensors: Sequence[OutTensor],
-    emit: Callable[[OutTensor, int], None],
+    emit: Callable[[OutTensor, int], int | None],
     metadata: dict[str, str],
     *,
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
@@ -411,7 +417,7 @@ def _write_dir(
     tmp: Path,
     groups: list[list[OutTensor]],
     meta: dict[str, str],
-    emit: Callable[[OutTensor, int], None],
+    emit: Callable[[OutTensor, int], int | None],
 ) -> tuple[str, ...]:
     if len(groups) == 1:
         write_safetensors(tmp / SAFE_SINGLE, groups[0], meta, emit)
