@@ -40,8 +40,8 @@ class background(Iterator[Any]):  # used as a function
         self._ready = threading.Condition()
         self._stop = False
         self._held = 0  # bytes (or items) produced and not yet taken
-        self._finished = False
         self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._finished = False
         self._thread.start()
 
     def _put(self, kind: str, item: Any, w: int) -> bool:
@@ -85,14 +85,14 @@ class background(Iterator[Any]):  # used as a function
         raise StopIteration
 
     def close(self) -> None:
-        if self._finished:
+        if getattr(self, "_finished", True):  # closed, or __init__ never got this far
             return
         self._finished = True
         with self._ready:
             self._stop = True
             self._q.clear()
             self._ready.notify_all()
-        if self._thread is not threading.current_thread():
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
         close = getattr(self._items, "close", None)
         if close is not None:
