@@ -145,6 +145,20 @@ def src_copy(model_store: Callable[[str, str], Path], tmp_path: Path) -> Callabl
     return make
 
 
+@pytest.fixture
+def ddp_src(model_store: Callable[[str, str], Path], tmp_path: Path) -> Path:
+    """The tiny BERT as a DDP-wrapped run saves it: a .bin whose every name starts 'module.'."""
+    import torch
+
+    base = model_store("bert", "bin")
+    src = tmp_path / "ddp"
+    src.mkdir()
+    shutil.copyfile(base / "config.json", src / "config.json")
+    state = torch.load(base / "pytorch_model.bin", weights_only=True)
+    torch.save({f"module.{k}": v for k, v in state.items()}, src / "pytorch_model.bin")
+    return src
+
+
 def real_checkpoints() -> list[Path]:
     if not REAL.is_dir():
         return []

@@ -74,16 +74,8 @@ def test_progress_bar_on_a_terminal_only(tmp_path):
     assert piped.returncode == 0 and piped.stderr == b""
 
 
-def test_quiet_silences_warnings_not_errors(model_store, tmp_path):
-    import shutil
-
-    import torch
-
-    src = tmp_path / "ddp"
-    src.mkdir()
-    shutil.copyfile(model_store("bert", "bin") / "config.json", src / "config.json")
-    state = torch.load(model_store("bert", "bin") / "pytorch_model.bin", weights_only=True)
-    torch.save({f"module.{k}": v for k, v in state.items()}, src / "pytorch_model.bin")
+def test_quiet_silences_warnings_not_errors(ddp_src, tmp_path):
+    src = ddp_src
     code, _, err, _ = cli("convert", src, tmp_path / "loud")
     assert code == 0 and "Warning: names start with 'module.'" in err
     code, out, err, _ = cli("convert", src, tmp_path / "quiet", "--quiet")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,20 +18,6 @@ steps:
   - {op: reinit, top_layers: 2, seed: 3}
   - {op: cast, dtype: bf16}
 """
-
-
-@pytest.fixture
-def ddp_src(model_store, tmp_path) -> Path:
-    """bert-seqcls saved from a DDP-wrapped model: every name starts with 'module.'."""
-    import torch
-
-    base = model_store("bert", "bin")
-    src = tmp_path / "ddp"
-    src.mkdir()
-    shutil.copyfile(base / "config.json", src / "config.json")
-    state = torch.load(base / "pytorch_model.bin", weights_only=True)
-    torch.save({f"module.{k}": v for k, v in state.items()}, src / "pytorch_model.bin")
-    return src
 
 
 def test_four_step_recipe_equals_the_chained_commands(ddp_src, tmp_path):

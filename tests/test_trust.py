@@ -340,14 +340,8 @@ def test_a_reinit_that_changes_nothing_is_refused(tmp_path):
     assert leftovers(tmp_path) == [] and not (tmp_path / "out").exists()
 
 
-def test_strip_prefix_without_the_dot_when_every_name_has_it(model_store, tmp_path):
-    import torch
-
-    src = tmp_path / "ddp"
-    src.mkdir()
-    shutil.copyfile(model_store("bert", "bin") / "config.json", src / "config.json")
-    state = torch.load(model_store("bert", "bin") / "pytorch_model.bin", weights_only=True)
-    torch.save({f"module.{k}": v for k, v in state.items()}, src / "pytorch_model.bin")
+def test_strip_prefix_without_the_dot_when_every_name_has_it(ddp_src, tmp_path):
+    src = ddp_src
     convert(src, tmp_path / "a", strip_prefix="module")
     convert(src, tmp_path / "b", strip_prefix=["module."])
     assert tree_hash(tmp_path / "a") == tree_hash(tmp_path / "b")
@@ -431,30 +425,18 @@ def test_api_accepts_size_strings_and_bare_pattern_strings(model_store, tmp_path
 # 11. A wrapped model's checkpoint gets a hint toward --strip-prefix
 
 
-@pytest.fixture
-def ddp_bin(model_store, tmp_path) -> Path:
-    import torch
-
-    src = tmp_path / "ddp"
-    src.mkdir()
-    shutil.copyfile(model_store("bert", "bin") / "config.json", src / "config.json")
-    state = torch.load(model_store("bert", "bin") / "pytorch_model.bin", weights_only=True)
-    torch.save({f"module.{k}": v for k, v in state.items()}, src / "pytorch_model.bin")
-    return src
-
-
-def test_wrapped_model_hint_everywhere_the_user_meets_it(ddp_bin, tmp_path):
+def test_wrapped_model_hint_everywhere_the_user_meets_it(ddp_src, tmp_path):
     hint = "names start with 'module.' (saved from a wrapped model): pass --strip-prefix module."
-    code, _, err, _ = cli("convert", ddp_bin, tmp_path / "c")
+    code, _, err, _ = cli("convert", ddp_src, tmp_path / "c")
     assert code == 0 and f"Warning: {hint}" in err
-    code, _, err, _ = cli("reinit", ddp_bin, tmp_path / "r", "--top-layers", "1")
+    code, _, err, _ = cli("reinit", ddp_src, tmp_path / "r", "--top-layers", "1")
     assert_clean_error(code, err, "no encoder layer stack found", hint)
-    code, _, err, _ = cli("drop", ddp_bin, tmp_path / "d", "-p", "cls.*")
+    code, _, err, _ = cli("drop", ddp_src, tmp_path / "d", "-p", "cls.*")
     assert_clean_error(code, err, "pattern matches no tensor (cls.*)", hint)
     with pytest.raises(PatternError, match="pass --strip-prefix module"):
-        drop(ddp_bin, tmp_path / "d", "cls.*")
+        drop(ddp_src, tmp_path / "d", "cls.*")
     code, _, err, _ = cli(
-        "reinit", ddp_bin, tmp_path / "r", "--top-layers", "1", "--strip-prefix", "module."
+        "reinit", ddp_src, tmp_path / "r", "--top-layers", "1", "--strip-prefix", "module."
     )
     assert code == 0, err
 
