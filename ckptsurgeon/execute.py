@@ -27,9 +27,8 @@ from .writer import (
     KICK_BYTES,
     OutTensor,
     WriteResult,
-    data_order,
+    emission_order,
     is_single_file,
-    shard_groups,
     write_checkpoint,
 )
 
@@ -39,8 +38,7 @@ CHUNK_BYTES = 4 << 20  # of a cast's source: a few of these in flight per core
 AHEAD_BYTES = 96 << 20
 
 
-def _chunk_size(item: tuple[str, bytes | memoryview]) -> int:
-    chunk = item[1]
+def _nbytes(chunk: bytes | memoryview) -> int:
     return len(chunk) if isinstance(chunk, bytes) else chunk.nbytes
 
 
@@ -51,7 +49,7 @@ class Executed:
 
 
 def _copy_runs(
-    groups: list[list[OutTensor]], planned: dict[str, PlannedTensor], infos: dict[str, TensorInfo]
+    files: list[list[OutTensor]], planned: dict[str, PlannedTensor], infos: dict[str, TensorInfo]
 ) -> dict[str, tuple[TensorInfo, int]]:
     """Runs of copied tensors that lie back to back in one source file, in the writer's order:
     each is copied in one kernel call (far fewer calls than tensors; up to ``KICK_BYTES`` per
@@ -61,13 +59,13 @@ def _copy_runs(
 
     def source(t: OutTensor) -> TensorInfo | None:
         p = planned[t.name]
-        if not isinstance(p.source, Copy) or p.casts:
+        if p.computed:
             return None
+        assert isinstance(p.source, Copy)
         info = infos[p.source.tensor]
         return info if info.offset is not None else None
 
-    for group in groups:
-        ordered = data_order(group)
+    for ordered in files:
         i = 0
         while i < len(ordered):
             first = source(ordered[i])
@@ -236,20 +234,10 @@ def execute(
     ``progress(bytes_done_now, total_bytes)`` is called as output bytes are written."""
     planned = {t.name: t for t in plan.tensors}
     infos = {t.name: t for t in ckpt.tensors}
-    out = [
-        OutTensor(
-            t.name, t.dtype, t.shape, t.nbytes, not isinstance(t.source, Copy) or bool(t.casts)
-        )
-        for t in plan.tensors
-    ]
-    groups = shard_groups(out, destination, max_shard_size)
-    order = [t for group in groups for t in data_order(group)]  # the writer's order
-    runs = _copy_runs(groups, planned, infos)
-    computed = [
-        planned[t.name]
-        for t in order
-        if not isinstance(planned[t.name].source, Copy) or planned[t.name].casts
-    ]
+    out = [OutTensor(t.name, t.dtype, t.shape, t.nbytes, t.computed) for t in plan.tensors]
+    files = emission_order(out, destination, max_shard_size)
+    runs = _copy_runs(files, planned, infos)
+    computed = [planned[t.name] for ordered in files for t in ordered if t.late]
     counter = _CastCounter()
     engines: dict[str, Any] = {}
     notes: list[str] = []
@@ -277,7 +265,9 @@ def execute(
                     yield p.name, chunk
 
         ahead: Iterator[tuple[str, bytes | memoryview]] = (
-            background(produce(), budget=AHEAD_BYTES, size=_chunk_size) if computed else iter(())
+            background(produce(), budget=AHEAD_BYTES, size=lambda item: _nbytes(item[1]))
+            if computed
+            else iter(())
         )
         stack.callback(lambda: getattr(ahead, "close", lambda: None)())
 
@@ -294,7 +284,8 @@ def execute(
                 done(span.nbytes)
                 return count
             p = planned[t.name]
-            if isinstance(p.source, Copy) and not p.casts:
+            if not p.computed:
+                assert isinstance(p.source, Copy)
                 reader.copy_to(infos[p.source.tensor], fd)
                 done(t.nbytes)
                 return 1
@@ -304,7 +295,7 @@ def execute(
                 if name != t.name:  # pragma: no cover - emission_order and the writer disagree
                     raise RuntimeError(f"writer asked for {t.name!r}, produced {name!r}")
                 write_all(fd, chunk)
-                n = len(chunk) if isinstance(chunk, bytes) else chunk.nbytes
+                n = _nbytes(chunk)
                 remaining -= n
                 done(n)
             return 1

@@ -97,6 +97,11 @@ class PlannedTensor:
         return nbytes_of(self.dtype, self.shape)
 
     @property
+    def computed(self) -> bool:
+        """Its bytes are produced (drawn, cast, resized), not copied from the source as they are."""
+        return not isinstance(self.source, Copy) or bool(self.casts)
+
+    @property
     def action(self) -> str:
         """What happens to it: ``reinit``, ``resize``, ``cast``, ``rename`` or ``keep``."""
         if isinstance(self.source, Generate | ModelDraw):

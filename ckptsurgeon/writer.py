@@ -115,12 +115,11 @@ def shard_groups(
 
 def emission_order(
     tensors: Sequence[OutTensor], dest: str | os.PathLike[str], max_shard_size: int
-) -> list[OutTensor]:
-    """The order in which :func:`write_checkpoint` will call ``emit``: file by file, each in
-    :func:`data_order`. Lets a caller prepare bytes ahead (e.g. draw random numbers while the
-    kernel copies kept tensors)."""
-    groups = shard_groups(tensors, dest, max_shard_size)
-    return [t for group in groups for t in data_order(group)]
+) -> list[list[OutTensor]]:
+    """The order in which :func:`write_checkpoint` will call ``emit``: file by file (one list
+    per file), each in :func:`data_order`. Lets a caller prepare bytes ahead (e.g. draw random
+    numbers while the kernel copies kept tensors) and plan copies across neighbours."""
+    return [data_order(group) for group in shard_groups(tensors, dest, max_shard_size)]
 
 
 def _variants(path: str | os.PathLike[str]) -> set[str]:

@@ -85,7 +85,7 @@ def plan_resize_vocab(plan: Plan, size: int, init: str, seed: int) -> Plan:
             f"give --size > {pad}, or change pad_token_id in config.json first",
         )
     for t in tensors:
-        if not isinstance(t.source, Copy) or t.casts:
+        if t.computed:
             raise SelectionError(
                 f"{t.name} is already re-initialised or cast at this point of the recipe",
                 t.name,
