@@ -276,6 +276,7 @@ def write_safetensors(
     header, _ = build_header([(t.name, t.dtype, t.shape, t.nbytes) for t in ordered], metadata)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
+        _preallocate(fd, len(header) + sum(t.nbytes for t in ordered))
         write_all(fd, header)
         pos = len(header)
         kicked = 0
@@ -312,7 +313,56 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+_LIBC: Any = None
+
+
+def _libc_function(name: str, *argtypes: Any) -> Any:
+    """A Linux libc function through ctypes (loaded on first use), or None elsewhere."""
+    global _LIBC
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        if _LIBC is None:
+            _LIBC = ctypes.CDLL(None, use_errno=True)
+        func = getattr(_LIBC, name)
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = list(argtypes)
+    return func
+
+
 _SYNC_FILE_RANGE: Any = None
+_FALLOCATE: Any = None
+FALLOC_FL_KEEP_SIZE = 1
+# preallocation failing with these is the write failing early; with any other error (a file
+# system without fallocate, EOPNOTSUPP) the blocks are simply allocated as they are written
+_FATAL_ALLOCATION_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _preallocate(fd: int, size: int) -> None:
+    """Reserve ``size`` bytes of disk for ``fd`` before writing (Linux ``fallocate`` with
+    FALLOC_FL_KEEP_SIZE: the file's size still grows only as bytes are written).
+
+    The output's size is known before its first byte, and allocating its blocks in one call
+    instead of page by page during write-back made writing and flushing bert-base ~15% faster
+    here (see benchmarks/); a disk too small is found before anything is written. glibc's
+    ``posix_fallocate`` is not used: where the file system cannot preallocate it writes zeros,
+    doubling the I/O.
+    """
+    import ctypes
+
+    global _FALLOCATE
+    if _FALLOCATE is None:
+        c_off = ctypes.c_int64
+        _FALLOCATE = _libc_function("fallocate", ctypes.c_int, ctypes.c_int, c_off, c_off) or False
+    if not _FALLOCATE or size <= 0:
+        return
+    if _FALLOCATE(fd, FALLOC_FL_KEEP_SIZE, 0, size) != 0:
+        err = ctypes.get_errno()
+        if err in _FATAL_ALLOCATION_ERRORS:
+            raise OSError(err, os.strerror(err))
 
 
 def _start_writeback(fd: int) -> None:
@@ -321,16 +371,12 @@ def _start_writeback(fd: int) -> None:
     as with ``cp`` followed by ``sync``. A no-op where unavailable."""
     global _SYNC_FILE_RANGE
     if _SYNC_FILE_RANGE is None:
-        _SYNC_FILE_RANGE = False
-        if sys.platform.startswith("linux"):
-            try:
-                import ctypes
+        import ctypes
 
-                func = ctypes.CDLL(None, use_errno=True).sync_file_range
-                func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-                _SYNC_FILE_RANGE = func
-            except (OSError, AttributeError):
-                pass
+        c_off = ctypes.c_int64
+        _SYNC_FILE_RANGE = (
+            _libc_function("sync_file_range", ctypes.c_int, c_off, c_off, ctypes.c_uint) or False
+        )
     if _SYNC_FILE_RANGE:
         _SYNC_FILE_RANGE(fd, 0, 0, 2)  # SYNC_FILE_RANGE_WRITE
 
@@ -466,14 +512,11 @@ def _verify(path: Path, tensors: Sequence[OutTensor]) -> None:
 
 def _exchange(a: Path, b: Path) -> bool:
     """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``); False if unsupported."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
+    import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
+    c_int, c_str = ctypes.c_int, ctypes.c_char_p
+    renameat2 = _libc_function("renameat2", c_int, c_str, c_int, c_str, ctypes.c_uint)
+    if renameat2 is None:
         return False
     at_fdcwd, rename_exchange = -100, 2
     rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
