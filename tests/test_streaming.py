@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+from test_hardening import cli
 
 import ckptsurgeon.execute as execute_module
 import ckptsurgeon.writer as writer_module
@@ -213,7 +214,7 @@ def test_a_disk_too_small_is_found_before_any_tensor_is_written(model_store, tmp
     src = model_store("bert")
     _failing_fallocate(monkeypatch, errno.ENOSPC)
     copies = _counting(monkeypatch)
-    code, err = _cli("convert", src, tmp_path / "out")
+    code, _, err, _ = cli("convert", src, tmp_path / "out")
     assert code == 2 and copies["n"] == 0
     assert err == (
         f"Error: no space left on device; nothing was written ({tmp_path / 'out'}): "
@@ -231,15 +232,6 @@ def test_a_file_system_that_cannot_preallocate_still_gets_the_same_bytes(
     reinit(src, tmp_path / "b", top_layers=1)
     a = (tmp_path / "a" / "model.safetensors").read_bytes()
     assert a == (tmp_path / "b" / "model.safetensors").read_bytes()
-
-
-def _cli(*args: object) -> tuple[int, str]:
-    from click.testing import CliRunner
-
-    from ckptsurgeon.cli import main
-
-    r = CliRunner().invoke(main, [str(a) for a in args])
-    return r.exit_code, r.stderr
 
 
 BLAS_VARS = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
