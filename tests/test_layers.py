@@ -344,3 +344,71 @@ def test_reinit_top_layers_in_a_chosen_stack_and_albert(t5_and_clip, tmp_path):
     )
     code, _, err, _ = cli("reinit", albert, tmp_path / "z", "--top-layers", "2")
     assert_clean_error(code, err, "ALBERT shares one layer group across all its layers")
+
+
+@pytest.mark.roundtrip
+@pytest.mark.parametrize(
+    ("stack", "args", "order"),
+    [
+        ("encoder.block", {"drop": [0]}, [1, 2]),
+        ("decoder.block", {"keep": [1]}, [1]),
+        ("encoder.block", {"keep": [2, 0, 0]}, [2, 0, 0]),  # block 0 moves and repeats
+    ],
+)
+def test_t5_relative_attention_bias_stays_with_the_new_first_block(
+    t5_and_clip, tmp_path, stack, args, order
+):
+    """T5 stores its relative position bias in block 0 of each stack only; every block uses it.
+    Whatever blocks are kept, the new block 0 carries the source's block-0 bias, bytes
+    unchanged, and no other block has one."""
+    src, cls = t5_and_clip["t5"]
+    bias = "layer.0.SelfAttention.relative_attention_bias.weight"
+    res = layers(src, tmp_path / "out", stack=stack, **args)
+    model, info = _load(cls, tmp_path / "out")
+    assert info["missing_keys"] == [] and info["unexpected_keys"] == []
+    old, new = reference_state(src), reference_state(tmp_path / "out")
+    assert_bitwise_equal(new[f"{stack}.0.{bias}"], old[f"{stack}.0.{bias}"])
+    assert [n for n in new if n.startswith(stack) and n.endswith(bias)] == [f"{stack}.0.{bias}"]
+    for name, tensor in new.items():  # every other tensor is its old block's, byte for byte
+        if name.startswith(stack + ".") and not name.endswith(bias):
+            i, rest = name[len(stack) + 1 :].split(".", 1)
+            assert_bitwise_equal(tensor, old[f"{stack}.{order[int(i)]}.{rest}"], name)
+    kept = {t.name: t for t in res.plan.tensors}
+    if order[0] != 0:
+        assert kept[f"{stack}.0.{bias}"].renamed_from is None  # same name, block 0's own bytes
+    assert all(not t.name.endswith(bias) for t in res.plan.dropped)
+
+
+@pytest.fixture(scope="module")
+def modernbert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(0)
+    cfg = tf.ModernBertConfig(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=3, num_attention_heads=4,
+        vocab_size=99, pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1,
+        sep_token_id=2,
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("modernbert") / "mb"
+    tf.ModernBertForMaskedLM(cfg).save_pretrained(path)
+    return path
+
+
+@pytest.mark.roundtrip
+def test_modernbert_first_layer_without_attn_norm_is_refused_or_kept_first(modernbert, tmp_path):
+    """ModernBERT's layer 0 has no attn_norm (an Identity), the others have one: a block may
+    only land where a block of the same tensors was; keeping layer 0 first works."""
+    import transformers as tf
+
+    for args in (["--drop", "0"], ["--keep", "1,0"], ["--keep", "0,0"]):
+        code, _, err, _ = cli("layers", modernbert, tmp_path / "x", *args)
+        assert_clean_error(
+            code, err, "the blocks of model.layers are not alike", "'attn_norm.weight'",
+            "keep model.layers.0 first",
+        )  # fmt: skip
+        assert leftovers(tmp_path) == []
+    layers(modernbert, tmp_path / "out", keep=[0, 2, 2])
+    _, info = _load(tf.ModernBertForMaskedLM, tmp_path / "out")
+    assert info["missing_keys"] == [] and info["unexpected_keys"] == []
+    _check_layers(modernbert, tmp_path / "out", "model.layers", [0, 2, 2])

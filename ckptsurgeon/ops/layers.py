@@ -81,15 +81,21 @@ def plan_layers(
         if stack_at is None:
             stack_at = len(out)
         by_layer.setdefault(int(m.group(1)), []).append(t)
+    rests = {i: {_rest(layer_re, t) for t in ts} for i, ts in by_layer.items()}
+    shared = _shared_by_first_block(rests, count)
+    _check_interchangeable(rests, shared, order, count, prefix, plan.source)
     block: list[PlannedTensor] = []
     for new, old in enumerate(order):
         for t in by_layer.get(old, []):
-            rest = layer_re.match(t.name).group(2)  # type: ignore[union-attr]
-            name = f"{prefix}.{new}.{rest}"
-            block.append(
-                replace(t, name=name, renamed_from=t.renamed_from or t.name)
-                if name != t.name
-                else t
+            rest = _rest(layer_re, t)
+            if rest in shared and new != 0:
+                continue  # owned by the first block only, used by every block
+            block.append(_renamed(t, f"{prefix}.{new}.{rest}"))
+        if new == 0 and old != 0:  # the new first block takes over what block 0 owned
+            block.extend(
+                _renamed(t, f"{prefix}.0.{rest}")
+                for t in by_layer.get(0, [])
+                if (rest := _rest(layer_re, t)) in shared
             )
     out[stack_at or 0 : stack_at or 0] = block
     aliases = {}
@@ -101,9 +107,68 @@ def plan_layers(
         for new, old in enumerate(order):  # a tied pair inside one block follows the block
             if ma is not None and mc is not None and int(ma.group(1)) == int(mc.group(1)) == old:
                 aliases[f"{prefix}.{new}.{ma.group(2)}"] = f"{prefix}.{new}.{mc.group(2)}"
-    removed = tuple(t for i, ts in sorted(by_layer.items()) if i not in set(order) for t in ts)
+    removed = tuple(
+        t
+        for i, ts in sorted(by_layer.items())
+        if i not in set(order)
+        for t in ts
+        if not (i == 0 and _rest(layer_re, t) in shared)
+    )
     plan = replace(plan, tensors=tuple(out), aliases=aliases, dropped=(*plan.dropped, *removed))
     return plan.with_config(_config_edits(plan.config, prefix, count, order))
+
+
+# Tensors that only the first block of a stack stores and every block uses: T5's (mT5's,
+# LongT5's, Switch's) relative position bias lives in block 0 of each stack.
+_SHARED_FIRST_RE = re.compile(r"(^|\.)relative_attention_bias\.weight$")
+
+
+def _rest(layer_re: re.Pattern[str], t: PlannedTensor) -> str:
+    return layer_re.match(t.name).group(2)  # type: ignore[union-attr]
+
+
+def _renamed(t: PlannedTensor, name: str) -> PlannedTensor:
+    return replace(t, name=name, renamed_from=t.renamed_from or t.name) if name != t.name else t
+
+
+def _shared_by_first_block(rests: dict[int, set[str]], count: int) -> set[str]:
+    """The names (after ``PREFIX.0.``) that block 0 alone stores and every block shares."""
+    if count < 2:
+        return set()
+    others = set().union(*(r for i, r in rests.items() if i != 0))
+    return {r for r in rests.get(0, set()) - others if _SHARED_FIRST_RE.search(r)}
+
+
+def _check_interchangeable(
+    rests: dict[int, set[str]],
+    shared: set[str],
+    order: list[int],
+    count: int,
+    prefix: str,
+    where: str,
+) -> None:
+    """Refuse an order that puts a block where the model builds a block of another shape.
+
+    Blocks of most stacks are alike. Where they are not, what a block holds depends on its
+    position (ModernBERT's layer 0 has no ``attn_norm``; DeepSeek's first dense layers;
+    Qwen-MoE's sparse steps), so a block may only land where the source had a block with
+    exactly the same tensors: the model would otherwise report missing or unexpected keys."""
+    kinds = {i: frozenset(r - shared) for i, r in rests.items()}
+    if len(set(kinds.values())) <= 1:
+        return
+    for new, old in enumerate(order):
+        here = min(new, count - 1)
+        if kinds[old] != kinds[here]:
+            extra = sorted(kinds[old] - kinds[here]) or sorted(kinds[here] - kinds[old])
+            has = "has" if kinds[old] - kinds[here] else "lacks"
+            raise SelectionError(
+                f"the blocks of {prefix} are not alike: block {old} {has} {extra[0]!r}, unlike "
+                f"block {here} whose place it would take (new layer {new}), so the model "
+                "would load with missing or unexpected weights",
+                where,
+                "keep every block at a position whose block has the same tensors "
+                f"(e.g. keep {prefix}.0 first), or select tensors with -p patterns",
+            )
 
 
 def _config_edits(
