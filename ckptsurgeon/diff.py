@@ -17,7 +17,7 @@ from typing import Any
 
 from .checkpoint import Checkpoint, TensorInfo, TensorReader, open_checkpoint
 from .dtypes import has_numeric_view, to_float
-from .patterns import raise_no_match, select
+from .patterns import as_patterns, raise_no_match, select
 from .pipeline import background
 from .ties import name_ties
 
@@ -146,8 +146,8 @@ def _name_map(ckpt: Checkpoint, strip_prefix: str | None, normalize: bool) -> di
 def diff(
     a: str | os.PathLike[str],
     b: str | os.PathLike[str],
-    patterns: Sequence[str] = (),
-    exclude: Sequence[str] = (),
+    patterns: str | Sequence[str] = (),
+    exclude: str | Sequence[str] = (),
     *,
     atol: float = 0.0,
     rtol: float = 0.0,
@@ -174,6 +174,7 @@ def diff(
         from .errors import SelectionError
 
         raise SelectionError("tolerances must be >= 0", f"atol={atol}, rtol={rtol}", "fix them")
+    patterns, exclude = as_patterns(patterns), as_patterns(exclude)  # a bare string is one
     ca, cb = open_checkpoint(a), open_checkpoint(b)  # headers of both before any data
     map_a = _name_map(ca, strip_prefix_a, normalize)
     map_b = _name_map(cb, strip_prefix_b, normalize)

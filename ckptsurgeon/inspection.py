@@ -95,7 +95,7 @@ class Inspection:
 
 def inspect(
     src: str | os.PathLike[str],
-    patterns: Sequence[str] = (),
+    patterns: str | Sequence[str] = (),
     *,
     stats: bool = False,
     progress: Callable[[str], None] | None = None,

@@ -254,3 +254,28 @@ def test_multi_chunk_metrics_with_identical_leading_chunks(tmp_path):
     assert t.rel_l2 == pytest.approx(np.linalg.norm(d) / np.linalg.norm(fa[ok]), rel=1e-9)
     cos = fa[ok] @ fb[ok] / (np.linalg.norm(fa[ok]) * np.linalg.norm(fb[ok]))
     assert t.cosine == pytest.approx(cos, rel=1e-12)
+
+
+def test_a_bare_pattern_string_is_one_pattern_in_every_api_function(model_store, tmp_path):
+    """``diff(a, b, "bert.encoder.layer.3.*")`` compares that layer only: a bare string is one
+    pattern, not a sequence of one-character patterns (which matched every tensor)."""
+    import ckptsurgeon
+
+    src = model_store("bert", "safetensors")
+    out = tmp_path / "out"
+    reinit(src, out, top_layers=1)  # layer 3 changes, nothing else
+    layer3 = "bert.encoder.layer.3.*"
+    res = diff(src, out, layer3)
+    assert res.tensors and all(t.name.startswith("bert.encoder.layer.3.") for t in res.tensors)
+    assert res.summary == {"changed": 16}  # the 16 tensors of layer 3, not all 43
+    res = diff(src, out, "*", "bert.encoder.layer.3.*")
+    assert res.identical and not any(".layer.3." in t.name for t in res.tensors)
+    info = ckptsurgeon.inspect(src, "*.LayerNorm.bias")
+    assert info.tensors and all(t.name.endswith(".LayerNorm.bias") for t in info.tensors)
+    for call in (
+        lambda: ckptsurgeon.drop(src, tmp_path / "d", "cls.*", dry_run=True),
+        lambda: ckptsurgeon.reinit(src, tmp_path / "r", "cls.*", dry_run=True),
+        lambda: ckptsurgeon.cast(src, tmp_path / "c", "bf16", "cls.*", dry_run=True),
+    ):
+        changed = call().plan.changed()
+        assert changed and all(t.name.startswith("cls.") for t in changed)
