@@ -7,14 +7,39 @@ the matching built-in exception so that existing ``except`` clauses keep working
 
 from __future__ import annotations
 
+import reprlib
+from typing import Any
+
+# No part of a message grows past this: values from users' files (a 1 MB pattern, a recipe of
+# nested aliases) are echoed cut, so an error stays one readable line and costs no memory.
+MAX_PART = 1000
+
+_ECHO = reprlib.Repr()
+_ECHO.maxstring = 120
+_ECHO.maxother = 120
+_ECHO.maxlevel = 3
+_ECHO.maxlist = _ECHO.maxtuple = _ECHO.maxdict = _ECHO.maxset = 6
+
+
+def echo(value: Any) -> str:
+    """``repr(value)`` bounded in length and depth (nested or huge values are cut with ...)."""
+    return _ECHO.repr(value)
+
+
+def bounded(text: str, limit: int = MAX_PART) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit:,} more characters)"
+
 
 class CkptSurgeonError(Exception):
     """Base class of every error ckptsurgeon raises on purpose."""
 
     def __init__(self, what: str, where: str = "", hint: str = "") -> None:
-        self.what = what
-        self.where = where
-        self.hint = hint
+        self.what = bounded(str(what))
+        self.where = bounded(str(where))
+        self.hint = bounded(str(hint))
         super().__init__(self.message)
 
     @property

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import RecipeError
+from ..errors import RecipeError, echo
 from ..patterns import as_patterns
 from ..plan import Plan
 
@@ -45,7 +45,9 @@ class Option:
         label = label or self.key
 
         def bad(expected: str) -> RecipeError:
-            return RecipeError(f"{label} must be {expected}, got {value!r}", where, "fix the value")
+            return RecipeError(
+                f"{label} must be {expected}, got {echo(value)}", where, "fix the value"
+            )
 
         if value is None:
             if self.required:
