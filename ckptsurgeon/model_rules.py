@@ -16,6 +16,7 @@ output's metadata records.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,13 +43,64 @@ BERT_FAMILY = {
 }
 
 
+# The class-name prefix of each BERT-family model type, longest first (XLMRobertaXL before
+# XLMRoberta): a config.json without model_type is recognised by its architectures, torch-free.
+_BERT_CLASSES = {
+    "XLMRobertaXL": "xlm-roberta-xl",
+    "RobertaPreLayerNorm": "roberta-prelayernorm",
+    "XLMRoberta": "xlm-roberta",
+    "Data2VecText": "data2vec-text",
+    "Longformer": "longformer",
+    "Camembert": "camembert",
+    "DistilBert": "distilbert",
+    "Electra": "electra",
+    "Roberta": "roberta",
+    "Ernie": "ernie",
+    "MPNet": "mpnet",
+    "Xmod": "xmod",
+    "Bert": "bert",
+}
+_BERT_CLASS_RE = re.compile(
+    "^(" + "|".join(_BERT_CLASSES) + r")(?:Model|LMHeadModel|For[A-Z][A-Za-z]*)$"
+)
+
+
+def architecture(config: dict[str, Any] | None) -> str | None:
+    """The first class config.json's ``architectures`` names, if any."""
+    names = (config or {}).get("architectures")
+    if isinstance(names, list) and names and isinstance(names[0], str):
+        return names[0]
+    return None
+
+
 def choose_rules(rules: str, config: dict[str, Any] | None) -> str:
     """``bert`` or ``model`` for ``--rules auto``: BERT's for its family (and for a checkpoint
-    with no config.json), the model's own for every other ``model_type``."""
+    with no config.json, or one that names neither a model_type nor an architecture), the
+    model's own for every other model. Without ``model_type``, the family is the one of the
+    class ``architectures`` names (fastNLP's GPT-2 configs have only that)."""
     if rules != "auto":
         return rules
     model_type = str((config or {}).get("model_type") or "")
-    return "bert" if not model_type or model_type in BERT_FAMILY else "model"
+    if model_type:
+        return "bert" if model_type in BERT_FAMILY else "model"
+    arch = architecture(config)
+    if arch is None or _BERT_CLASS_RE.match(arch):
+        return "bert"
+    return "model"
+
+
+def _model_type_of_class(tf: Any, name: str, where: str) -> str:
+    """The model_type of the transformers class ``name`` (config.json without model_type)."""
+    cls = getattr(tf, name, None)
+    model_type = getattr(getattr(cls, "config_class", None), "model_type", None)
+    if not isinstance(model_type, str) or not model_type:
+        raise SelectionError(
+            f"config.json has no model_type and transformers {tf.__version__} has no model "
+            f"class {name!r} (its architectures)",
+            where,
+            'add "model_type" to config.json, or pass --rules bert',
+        )
+    return model_type
 
 
 @dataclass
@@ -73,9 +125,14 @@ class ModelInit:
         cfg = dict(config or {})
         model_type = cfg.get("model_type")
         if not model_type:
-            raise SelectionError(
-                "--rules model needs config.json's model_type", where, "pass --rules bert"
-            )
+            arch = architecture(cfg)
+            if arch is None:
+                raise SelectionError(
+                    "--rules model needs config.json's model_type or architectures",
+                    where,
+                    "pass --rules bert",
+                )
+            model_type = _model_type_of_class(tf, arch, where)
         try:
             tf_config = tf.AutoConfig.for_model(
                 model_type, **{k: v for k, v in cfg.items() if k != "model_type"}
@@ -87,10 +144,8 @@ class ModelInit:
                 where,
                 "pass --rules bert",
             ) from None
-        names = cfg.get("architectures") or []
-        model_class: Any = None
-        if names and isinstance(names[0], str):
-            model_class = getattr(tf, names[0], None)
+        arch = architecture(cfg)
+        model_class: Any = getattr(tf, arch, None) if arch is not None else None
         if model_class is None:
             model_class = tf.AutoModel._model_mapping[type(tf_config)]
         try:

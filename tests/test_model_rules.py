@@ -245,3 +245,41 @@ def test_rules_model_without_transformers_says_what_to_do(saved, tmp_path, monke
         "pip install transformers, or pass --rules bert"
     )
     assert code == 2 and not (tmp_path / "o").exists()
+
+
+@pytest.mark.roundtrip
+def test_auto_takes_the_family_from_architectures_without_model_type(saved, tmp_path):
+    """fastNLP's GPT-2 config.json has ``architectures`` but no ``model_type``: ``--rules auto``
+    gave it BERT's rules, which then failed on ``ln_1.weight``. The family comes from the class
+    that ``architectures`` names; a BERT class keeps the torch-free rules."""
+    import json
+    import shutil
+
+    import transformers as tf
+
+    for arch, cls, expect_model in (("gpt2", tf.GPT2LMHeadModel, True), ("bert", None, False)):
+        src = tmp_path / f"{arch}-no-type"
+        shutil.copytree(saved[arch][0], src)
+        cfg = json.loads((src / "config.json").read_text())
+        assert cfg.pop("model_type") and cfg["architectures"]
+        (src / "config.json").write_text(json.dumps(cfg))
+        res = reinit(src, tmp_path / f"{arch}-out", top_layers=1)
+        drawn = [t for t in res.plan.tensors if t.action == "reinit"]
+        assert drawn and all(
+            (t.source.__class__.__name__ == "ModelDraw") == expect_model for t in drawn
+        )
+        if cls is not None:
+            model, info = cls.from_pretrained(
+                str(tmp_path / f"{arch}-out"), output_loading_info=True
+            )
+            assert not info["missing_keys"] and not info["unexpected_keys"]
+            rules = {t.name: t.rule for t in drawn}
+            assert rules["transformer.h.1.ln_1.weight"] == "ones"
+    cfg = json.loads((tmp_path / "gpt2-no-type" / "config.json").read_text())
+    cfg["architectures"] = ["NoSuchModelForAnything"]
+    (tmp_path / "gpt2-no-type" / "config.json").write_text(json.dumps(cfg))
+    code, _, err, _ = cli("reinit", tmp_path / "gpt2-no-type", tmp_path / "x", "--top-layers", "1")
+    assert_clean_error(
+        code, err, "config.json has no model_type and transformers", "'NoSuchModelForAnything'",
+        'add "model_type" to config.json',
+    )  # fmt: skip
