@@ -283,3 +283,54 @@ def test_auto_takes_the_family_from_architectures_without_model_type(saved, tmp_
         code, err, "config.json has no model_type and transformers", "'NoSuchModelForAnything'",
         'add "model_type" to config.json',
     )  # fmt: skip
+
+
+def test_dry_run_names_the_model_rule_not_statistics_of_a_sample(saved, tmp_path):
+    """``--rules model`` labels said ``model init: normal(0.00047, 0.0198)`` (statistics of the
+    draw); users need the rule the model's code applies."""
+    src, _, _ = saved["gpt2"]
+    code, out, err, _ = cli("reinit", src, tmp_path / "o", "-p", "transformer.h.1.*", "--dry-run")
+    assert code == 0, err
+    rows = {line.split()[0]: line.split()[2] for line in out.splitlines()[1:] if " reinit " in line}
+    assert rows["transformer.h.1.attn.c_attn.weight"] == "normal(0,"
+    assert "transformer.h.1.attn.c_proj.weight  reinit  normal(0, 0.01)" in out  # 0.02/sqrt(2*2)
+    assert "transformer.h.1.ln_1.weight         reinit  ones" in out
+    assert "model init" not in out
+    expected = {
+        ("gpt2", "transformer.h.1.attn.c_attn.weight"): "normal(0, 0.02)",
+        ("gpt2", "transformer.h.1.mlp.c_proj.weight"): "normal(0, 0.01)",
+        ("gpt2", "transformer.h.1.ln_2.bias"): "zeros",
+        ("modernbert", "model.layers.1.attn.Wqkv.weight"): "trunc_normal(0, 0.02, -0.04, 0.04)",
+        ("modernbert", "model.layers.1.attn.Wo.weight"): "trunc_normal(0, 0.01, -0.02, 0.02)",
+        ("modernbert", "model.layers.1.mlp_norm.weight"): "ones",
+        (
+            "deberta-v2",
+            "deberta.embeddings.word_embeddings.weight",
+        ): "normal(0, 0.02), row 0 zeroed",
+        ("roberta", "roberta.embeddings.word_embeddings.weight"): "normal(0, 0.02), row 1 zeroed",
+        (
+            "t5",
+            "decoder.block.1.layer.0.SelfAttention.q.weight",
+        ): "normal(0, 0.0312)",  # (d_model * d_kv) ** -0.5
+        ("llama", "model.layers.1.mlp.down_proj.weight"): "normal(0, 0.02)",
+        (
+            "clip",
+            "text_model.encoder.layers.1.mlp.fc1.weight",
+        ): "normal(0, 0.0884)",  # (2 * 64) ** -0.5
+    }
+    for (arch, name), rule in expected.items():
+        res = reinit(saved[arch][0], tmp_path / arch, name, rules="model", dry_run=True)
+        (t,) = [t for t in res.plan.tensors if t.name == name]
+        assert t.describe() == rule, (arch, name, t.describe())
+        assert res.to_json()["tensors"][0]["rule"] == rule
+
+
+def test_rules_model_refuses_a_tensor_its_init_never_writes(saved, tmp_path):
+    """CLIP's logit_scale is set when the model is built, not by _init_weights: drawing it
+    returned whatever torch.empty held (a silent garbage value). Now a clear error."""
+    src, _, _ = saved["clip"]
+    code, _, err, _ = cli("reinit", src, tmp_path / "o", "-p", "logit_scale", "--rules", "model")
+    assert_clean_error(
+        code, err, "CLIPModel's own init does not set logit_scale", "pass --rules bert"
+    )
+    assert not (tmp_path / "o").exists()

@@ -86,7 +86,7 @@ def plan_reinit(
                 continue
             values = engine.values(source.name, t.shape, seed)
             versions = tuple(sorted(engine.versions.items()))
-            draw = ModelDraw(source.name, seed, describe(values), versions)
+            draw = ModelDraw(source.name, seed, engine.last_rule or describe(values), versions)
             out.append(PlannedTensor(t.name, t.dtype, t.shape, draw))
             continue
         try:
