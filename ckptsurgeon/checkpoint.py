@@ -397,6 +397,12 @@ def _open_index(index: Path) -> Checkpoint:
         raise CorruptCheckpointError(
             f"index is not valid JSON ({exc})", str(index), "re-export the checkpoint"
         ) from None
+    except RecursionError:
+        raise CorruptCheckpointError(
+            "index is not a checkpoint index (JSON nested too deep)",
+            str(index),
+            "re-export the checkpoint",
+        ) from None
     if not isinstance(obj, dict) or not isinstance(obj.get("weight_map"), dict):
         raise CorruptCheckpointError(
             "index has no 'weight_map' object", str(index), "re-export the checkpoint"

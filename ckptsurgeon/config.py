@@ -57,6 +57,8 @@ def read_config(path: Path) -> tuple[dict[str, Any] | None, ConfigError | None]:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         return None, ConfigError(f"config.json is not valid JSON ({exc})", str(path), hint)
+    except RecursionError:
+        return None, ConfigError("config.json is nested too deep to be a config", str(path), hint)
     if not isinstance(obj, dict):
         return None, ConfigError(
             f"config.json holds a JSON {type(obj).__name__}, not an object", str(path), hint

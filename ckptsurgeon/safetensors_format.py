@@ -95,6 +95,8 @@ def parse_header_bytes(raw: bytes, file_size: int, path: str) -> ParsedHeader:
         obj = json.loads(text, object_pairs_hook=_no_duplicates)
     except ValueError as exc:
         raise _corrupt(path, f"header is not valid JSON ({exc})") from None
+    except RecursionError:  # '[[[[...' 100,000 deep: valid JSON, but no header is like that
+        raise _corrupt(path, "header is not a safetensors header (JSON nested too deep)") from None
     if not isinstance(obj, dict):
         raise _corrupt(path, f"header is a JSON {type(obj).__name__}, not an object")
     metadata = obj.pop(METADATA_KEY, None)

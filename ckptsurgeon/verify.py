@@ -71,7 +71,7 @@ def _model_class(tf: Any, path: Path, name: str | None) -> Any:
     if name is None:
         try:
             config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             config = {}
         archs = config.get("architectures") if isinstance(config, dict) else None
         if not archs or not isinstance(archs, list) or not isinstance(archs[0], str):

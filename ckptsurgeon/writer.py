@@ -142,7 +142,7 @@ def written_by_ckptsurgeon(dest: Path) -> set[str] | None:
         return None
     try:
         copied = json.loads(meta["ckptsurgeon"]).get("copied", [])
-    except (KeyError, ValueError, AttributeError):
+    except (KeyError, ValueError, AttributeError, RecursionError):
         return None
     return {c for c in copied if isinstance(c, str)} if isinstance(copied, list) else set()
 
@@ -152,7 +152,7 @@ def _record_copied(meta: dict[str, str], copied: list[str]) -> dict[str, str]:
     ``--overwrite`` knows them as ckptsurgeon's own."""
     try:
         record = json.loads(meta.get("ckptsurgeon", "{}"))
-    except ValueError:
+    except (ValueError, RecursionError):
         return meta
     if not isinstance(record, dict):
         return meta

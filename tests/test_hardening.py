@@ -703,3 +703,27 @@ def test_fifo_or_device_as_weights_is_refused_without_opening(tmp_path, make, wh
         assert_clean_error(proc.returncode, proc.stderr, f"it is {kind}, which is never opened")
         assert f"({tmp_path / where})" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_json_nested_100000_deep_is_a_corrupt_file_not_a_crash(model_store, tmp_path):
+    """A header ``[[[[...`` 100,000 levels deep raised RecursionError: 'unexpected ... report
+    it'. Headers, indexes and config.json nested that deep are corrupt files: one clean line."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    src = write_raw(tmp_path / "deep.safetensors", None, raw_header=b'{"x": ' + deep + b"}")
+    for cmd in (["inspect", src], ["convert", src, tmp_path / "out"]):
+        code, _, err, _ = cli(*cmd)
+        assert_clean_error(
+            code, err, "not a valid safetensors file", "JSON nested too deep", str(src)
+        )
+    index = tmp_path / "idx" / "model.safetensors.index.json"
+    index.parent.mkdir()
+    index.write_bytes(b'{"weight_map": ' + deep + b"}")
+    code, _, err, _ = cli("inspect", index.parent)
+    assert_clean_error(code, err, "index is not a checkpoint index (JSON nested too deep)")
+    cfg = tmp_path / "cfg"
+    shutil.copytree(model_store("bert", "safetensors"), cfg)
+    (cfg / "config.json").write_bytes(b'{"a": ' + deep + b"}")
+    code, _, err, _ = cli("convert", cfg, tmp_path / "out2")
+    assert_clean_error(code, err, "config.json is nested too deep to be a config")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out2").exists()
+    assert leftovers(tmp_path) == []
