@@ -29,6 +29,7 @@ from .errors import DestinationError, SourceReadError
 
 TMP_SUFFIX = ".ckptsurgeon-tmp"
 OLD_SUFFIX = ".ckptsurgeon-old"
+LOCK_SUFFIX = ".ckptsurgeon-lock"
 
 # Files that hold weights of some framework, or an index of them.
 _WEIGHT_FILE_RE = re.compile(
@@ -112,7 +113,7 @@ def plan_side_files(root: Path | None, own_files: list[Path]) -> SideFiles:
         for entry in entries:
             name, path = entry.name, entry.path
             relname = rel + name
-            if not rel and name.endswith((TMP_SUFFIX, OLD_SUFFIX)):
+            if not rel and name.endswith((TMP_SUFFIX, OLD_SUFFIX, LOCK_SUFFIX)):
                 continue
             try:
                 if entry.is_symlink():

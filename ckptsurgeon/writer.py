@@ -12,12 +12,13 @@ into place. A temp left behind by a killed run is removed by the next run.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from .dtypes import DTYPES
 from .errors import CkptSurgeonError, DestinationError, VerificationError, WriteError
 from .safetensors_format import build_header
 from .sidefiles import (
+    LOCK_SUFFIX,
     OLD_SUFFIX,
     TMP_SUFFIX,
     SideFiles,
@@ -413,7 +415,7 @@ def write_checkpoint(
     if not single:
         meta = _record_copied(meta, [e.rstrip("/") for e in copied])
     tmp = dest.parent / f".{dest.name}{TMP_SUFFIX}"
-    with interrupts.guard():
+    with interrupts.guard(), destination_lock(dest):
         _remove(tmp)  # a temp left by a killed run
         try:
             if single:
@@ -446,6 +448,57 @@ def write_checkpoint(
         total_bytes=sum(t.nbytes for t in tensors),
         tensors=len(tensors),
     )
+
+
+@contextlib.contextmanager
+def destination_lock(dest: Path) -> Iterator[None]:
+    """Hold DEST for this run: an exclusive ``flock`` on ``.<name>.ckptsurgeon-lock`` beside it.
+
+    A second run to the same DEST (which would share the temporary) fails at once naming the
+    holder's pid. The kernel drops the lock when its process dies however it dies, so a lock
+    file left by a killed run is simply taken over; the file is removed when the run ends."""
+    import fcntl
+
+    path = dest.parent / f".{dest.name}{LOCK_SUFFIX}"
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise DestinationError(
+                    "a symbolic link sits where the destination's lock file goes",
+                    str(path),
+                    "remove the link",
+                ) from None
+            raise _write_error(exc, dest) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise _write_error(exc, dest) from exc
+            raise DestinationError(
+                "destination is being written by another ckptsurgeon run"
+                + (f" (pid {holder})" if holder.isdigit() else ""),
+                str(dest),
+                "wait for it to finish, or write somewhere else",
+            ) from None
+        try:  # its last holder may have removed the file between our open and our lock
+            same = os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
 
 
 def _write_error(exc: OSError, dest: Path) -> WriteError:

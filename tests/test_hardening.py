@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_format_and_reader import BAD_HEADERS, write_raw
 
-from ckptsurgeon import CorruptCheckpointError, convert, drop, open_checkpoint, reinit
+from ckptsurgeon import CorruptCheckpointError, apply, convert, drop, open_checkpoint, reinit
 from ckptsurgeon.cli import main
 from ckptsurgeon.dtypes import DTYPES, nbytes_of
 from ckptsurgeon.execute import execute
@@ -727,3 +727,81 @@ def test_json_nested_100000_deep_is_a_corrupt_file_not_a_crash(model_store, tmp_
     assert_clean_error(code, err, "config.json is nested too deep to be a config")
     assert not (tmp_path / "out").exists() and not (tmp_path / "out2").exists()
     assert leftovers(tmp_path) == []
+
+
+def test_two_runs_to_one_dest_the_second_fails_at_once_and_the_first_publishes(
+    model_store, tmp_path
+):
+    """Two runs to the same DEST shared its temporary: both failed 'does not read back ...
+    this is a bug'. Now the second fails at once (exit 2, names the holder) while the first,
+    held mid-write here, publishes intact; the lock file goes with the run."""
+    import threading
+
+    from ckptsurgeon.diff import diff
+
+    src = model_store("bert", "safetensors")
+    dest = tmp_path / "out"
+    convert(src, dest)  # an earlier output, replaced with --overwrite by both runs
+    writing, release = threading.Event(), threading.Event()
+    result: dict[str, object] = {}
+
+    def hold(n: int, total: int) -> None:
+        writing.set()
+        release.wait(30)
+
+    def first() -> None:
+        try:
+            result["first"] = apply([{"op": "convert"}], src, dest, overwrite=True, progress=hold)
+        except BaseException as exc:
+            result["first"] = exc
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        assert writing.wait(30)
+        assert (tmp_path / ".out.ckptsurgeon-lock").read_text() == f"{os.getpid()}\n"
+        before = time.monotonic()
+        code, _, err, _ = cli("convert", src, dest, "--overwrite")
+        assert time.monotonic() - before < 5
+        assert_clean_error(
+            code, err, f"destination is being written by another ckptsurgeon run (pid {os.getpid()})",
+            str(dest), "wait for it to finish",
+        )  # fmt: skip
+        code, _, err, _ = cli("drop", src, dest, "-p", "cls.*")  # without --overwrite too
+        assert_clean_error(code, err, "destination already exists")
+    finally:
+        release.set()
+        thread.join(30)
+    assert not isinstance(result["first"], BaseException), result["first"]
+    assert diff(src, dest).identical
+    assert leftovers(tmp_path) == []
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over(model_store, tmp_path):
+    import sys
+
+    src = model_store("bert", "safetensors")
+    lock = tmp_path / ".out.ckptsurgeon-lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'%d' % os.getpid())\n"
+         "print('held', flush=True); time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        code, _, err, _ = cli("convert", src, tmp_path / "out")
+        assert_clean_error(code, err, f"another ckptsurgeon run (pid {holder.pid})")
+        assert not (tmp_path / "out").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert lock.exists()  # SIGKILL leaves the file; the kernel dropped the lock
+    code, _, err, _ = cli("convert", src, tmp_path / "out")
+    assert code == 0, err
+    assert leftovers(tmp_path) == []
+    (tmp_path / ".out2.ckptsurgeon-lock").symlink_to(tmp_path / "elsewhere")
+    code, _, err, _ = cli("convert", src, tmp_path / "out2")
+    assert_clean_error(code, err, "a symbolic link sits where the destination's lock file goes")
+    assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "out2").exists()
