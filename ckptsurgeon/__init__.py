@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# eager: the submodule `diff` would otherwise shadow the function `diff` once anything imports it
-from .diff import DiffResult, diff
 from .errors import (
     CheckpointNotFoundError,
     CkptSurgeonError,
@@ -35,6 +33,8 @@ from .errors import (
 # The public names load their module on first use (PEP 562): a command imports only what it
 # needs (`reinit` never loads diff or inspect), which keeps start-up short.
 _LAZY = {
+    "DiffResult": "compare",
+    "diff": "compare",
     "Result": "api",
     "apply": "api",
     "cast": "api",
@@ -67,6 +67,7 @@ if TYPE_CHECKING:  # pragma: no cover
         resize_vocab,
     )
     from .checkpoint import Checkpoint, TensorInfo, open_checkpoint
+    from .compare import DiffResult, diff
     from .inspection import Inspection, inspect
     from .plan import Plan
     from .recipe import Recipe

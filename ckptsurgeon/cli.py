@@ -621,7 +621,7 @@ def diff_cmd(
     only_in_a, only_in_b (same_header with --names-only). Exit 0 when nothing differs beyond
     tolerance, 1 when something does, 2 on error.
     """
-    from .diff import diff
+    from .compare import diff
 
     with _progress("diff") as bar:
         result = diff(

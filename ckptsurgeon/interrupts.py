@@ -11,7 +11,9 @@ write (:func:`guard`) when the program has not set handlers of its own.
 
 from __future__ import annotations
 
+import importlib.abc
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +25,12 @@ SIGNALS = tuple(
 
 _received: int | None = None
 _critical = False
+_deferring = 0
+
+# Modules whose import must not be interrupted half-way: a KeyboardInterrupt inside torch's
+# C++ init makes pybind11 abort the process (exit -6, core dump), and one that torch's Python
+# code swallows leaves it half-imported, failing every later use.
+DEFERRED_IMPORTS = ("torch", "transformers", "numpy")
 
 
 class Terminated(BaseException):
@@ -38,8 +46,8 @@ class Terminated(BaseException):
 def _handler(signum: int, frame: Any) -> None:
     global _received
     _received = signum
-    if _critical:  # publishing: finish it; the output is then complete
-        return
+    if _critical or _deferring:  # publishing (finish it: the output is then complete) or
+        return  # importing torch: raised once the import is done
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise Terminated(signum)
@@ -83,7 +91,8 @@ def publishing() -> Iterator[None]:
 
 
 def install() -> None:
-    """Handle SIGINT, SIGTERM and SIGHUP from now on (main thread only; a no-op elsewhere).
+    """Handle SIGINT, SIGTERM and SIGHUP from now on (main thread only; a no-op elsewhere),
+    and hold them while :data:`DEFERRED_IMPORTS` load.
 
     A signal that the parent set to be ignored (``nohup``) stays ignored."""
     if threading.current_thread() is not threading.main_thread():
@@ -91,6 +100,53 @@ def install() -> None:
     for signum in SIGNALS:
         if signal.getsignal(signum) is not signal.SIG_IGN:
             signal.signal(signum, _handler)
+    if not any(isinstance(f, _DeferringFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _DeferringFinder())
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Signals that arrive meanwhile are recorded, and raised when the block ends."""
+    global _deferring
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+    if not _deferring and not _critical:
+        check()
+
+
+class _DeferringFinder(importlib.abc.MetaPathFinder):
+    """Loads :data:`DEFERRED_IMPORTS` (top-level modules) with signals deferred."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname not in DEFERRED_IMPORTS:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _DeferringLoader(spec.loader)
+                return spec
+        return None
+
+
+class _DeferringLoader(importlib.abc.Loader):
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        with deferred():
+            self.loader.exec_module(module)
+
+    def __getattr__(self, name: str) -> Any:  # get_resource_reader, is_package...
+        return getattr(self.loader, name)
 
 
 @contextmanager

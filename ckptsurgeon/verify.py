@@ -205,7 +205,7 @@ def _against(path: Path, src: str | os.PathLike[str]) -> Check:
     """Unchanged tensors equal SRC's: the recorded recipe, planned again over SRC, says which
     tensors it changed (and under which names the others now are)."""
     from .checkpoint import open_checkpoint, strip_prefixes
-    from .diff import diff
+    from .compare import diff
     from .recipe import Recipe, plan_recipe
 
     out = open_checkpoint(path)

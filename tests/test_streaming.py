@@ -147,7 +147,7 @@ def test_import_ckptsurgeon_loads_only_what_is_used():
         "for name in ckptsurgeon.__all__:\n"
         "    getattr(ckptsurgeon, name)\n"
         "assert callable(ckptsurgeon.diff) and callable(ckptsurgeon.inspect)\n"
-        "import ckptsurgeon.diff\n"
+        "import ckptsurgeon.compare\n"
         "assert callable(ckptsurgeon.diff)\n"
         "try:\n"
         "    ckptsurgeon.nope\n"
