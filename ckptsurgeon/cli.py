@@ -537,7 +537,13 @@ def verify_cmd(
     """
     from .verify import verify
 
-    result = verify(path, model_class=model_class, expect_missing=expect_missing, against=against)
+    result = verify(
+        path,
+        model_class=model_class,
+        expect_missing=expect_missing,
+        against=against,
+        quiet=_quiet(),
+    )
     status = 0 if result.ok else 1
     ctx.obj["exit_code"] = status
     if as_json:

@@ -11,14 +11,15 @@ to know which tensors it changed).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CkptSurgeonError
+from .errors import CheckpointNotFoundError, CkptSurgeonError
 from .patterns import as_patterns, matches
 
 
@@ -65,6 +66,24 @@ def _transformers() -> Any:
             "pip install 'ckptsurgeon[verify]'",
         ) from None
     return transformers
+
+
+@contextlib.contextmanager
+def _silenced(tf: Any, quiet: bool) -> Iterator[None]:
+    """transformers' progress bars and log messages off (``quiet``), restored after."""
+    if not quiet:
+        yield
+        return
+    logging = tf.utils.logging
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
 
 
 def _model_class(tf: Any, path: Path, name: str | None) -> Any:
@@ -124,18 +143,34 @@ def verify(
     model_class: str | None = None,
     expect_missing: str | Sequence[str] = (),
     against: str | os.PathLike[str] | None = None,
+    quiet: bool = False,
 ) -> Verification:
-    """Load ``path`` with stock transformers and run every check (see the module docstring).
+    """Load ``path`` (a local directory: the Hub is never contacted) with stock transformers
+    and run every check (see the module docstring). ``quiet`` silences transformers' own
+    loading bar and load report.
 
     >>> verify("bert-top3/", against="bert/").ok  # doctest: +SKIP
     True
     """
     p = Path(path)
+    if not p.exists():
+        raise CheckpointNotFoundError(
+            "no such file or directory", str(p), "give the directory of the checkpoint to verify"
+        )
+    if not p.is_dir():
+        raise CheckpointNotFoundError(
+            "not a directory: verify loads a model directory (config.json and weights)",
+            str(p),
+            "give the directory of the checkpoint to verify",
+        )
     tf = _transformers()
     cls = _model_class(tf, p, model_class)
     patterns = as_patterns(expect_missing)
     try:
-        model, info = cls.from_pretrained(str(p), output_loading_info=True)
+        with _silenced(tf, quiet):
+            model, info = cls.from_pretrained(
+                str(p), output_loading_info=True, local_files_only=True
+            )
     except Exception as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         raise VerifyError(
@@ -212,7 +247,12 @@ def _against(path: Path, src: str | os.PathLike[str]) -> Check:
     record_text = out.metadata.get("ckptsurgeon")
     if record_text is None:
         return Check("unchanged tensors equal SRC", False, "no ckptsurgeon metadata in the output")
-    record = json.loads(record_text)
+    try:
+        record = json.loads(record_text)
+    except (ValueError, RecursionError):
+        record = None
+    if not isinstance(record, dict):
+        return Check("unchanged tensors equal SRC", False, "the ckptsurgeon metadata is not JSON")
     if record.get("operation") == "apply":
         steps = record.get("steps", [])
         strip: list[str] = []

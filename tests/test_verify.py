@@ -109,3 +109,39 @@ def test_without_transformers_the_error_says_what_to_install(model_store, tmp_pa
         "pip install 'ckptsurgeon[verify]'"
     )
     assert code == 2
+
+
+def test_a_path_that_does_not_exist_is_said_at_once_and_never_sent_to_the_hub(tmp_path):
+    """``verify /no/such/dir`` said 'config.json names no model class'; with --class it tried
+    the Hub with retries (23 s)."""
+    import time
+
+    missing = tmp_path / "no" / "such" / "dir"
+    for extra in ([], ["--class", "BertModel"]):
+        start = time.monotonic()
+        code, _, err, _ = cli("verify", missing, *extra)
+        assert time.monotonic() - start < 2
+        assert_clean_error(code, err, f"no such file or directory ({missing})")
+    (tmp_path / "file.safetensors").write_bytes(b"")
+    code, _, err, _ = cli("verify", tmp_path / "file.safetensors")
+    assert_clean_error(code, err, "not a directory: verify loads a model directory")
+    empty = tmp_path / "empty"  # exists, holds nothing: local files only, no Hub lookup
+    empty.mkdir()
+    start = time.monotonic()
+    code, _, err, _ = cli("verify", empty, "--class", "BertModel")
+    assert time.monotonic() - start < 5
+    assert_clean_error(code, err, "from_pretrained cannot load it as BertModel")
+
+
+def test_quiet_verify_prints_nothing_on_stderr(model_store, tmp_path):
+    """``verify -q`` showed transformers' loading bar and load report."""
+    import subprocess
+    import sys
+
+    drop(model_store("bert"), tmp_path / "out", "cls.predictions.transform.*")
+    cmd = [sys.executable, "-m", "ckptsurgeon", "verify", str(tmp_path / "out")]
+    loud = subprocess.run(cmd, capture_output=True, text=True)
+    assert loud.returncode == 1 and loud.stderr.strip()  # transformers' own load report
+    quiet = subprocess.run([*cmd, "-q"], capture_output=True, text=True)
+    assert quiet.returncode == 1 and quiet.stderr == ""
+    assert quiet.stdout == loud.stdout and "FAIL  missing keys as expected" in quiet.stdout
