@@ -92,7 +92,9 @@ class Group(click.Group):
         except click.ClickException as exc:
             exc.show()
             sys.exit(exc.exit_code)
-        except click.Abort:
+        except click.Abort as exc:
+            if isinstance(exc.__cause__, KeyboardInterrupt) or interrupts.pending() is not None:
+                _interrupted(exc.__cause__ or KeyboardInterrupt())  # a Ctrl-C click caught
             click.echo("Error: aborted; nothing was written", err=True)
             sys.exit(EXIT_ERROR)
         except (KeyboardInterrupt, interrupts.Terminated) as exc:
