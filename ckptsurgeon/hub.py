@@ -70,32 +70,71 @@ def resolve(src: str | os.PathLike[str], revision: str | None = None) -> Path:
             str(src),
             "pip install huggingface_hub",
         ) from None
-    try:
+    where = f"repo {repo!r}" + (f" at revision {rev!r}" if rev else "")
+    try:  # the cache first, online too: a typo costs no network, a cached model no request
+        return Path(snapshot_download(repo, revision=rev, cache_dir=cache, local_files_only=True))
+    except Exception:  # not cached (or not complete): look on the Hub, unless offline
         if offline():
-            folder = snapshot_download(repo, revision=rev, cache_dir=cache, local_files_only=True)
-        else:
-            folder = snapshot_download(
-                repo, revision=rev, cache_dir=cache, allow_patterns=_needed_files(repo, rev)
-            )
-    except Exception as exc:  # not cached offline, unknown repo, no network...
-        why = "not in the Hugging Face cache" if offline() else f"cannot be fetched ({_first(exc)})"
+            raise CheckpointNotFoundError(
+                f"no such file or directory, and {where} is not in the Hugging Face cache "
+                f"(cache: {cache})",
+                str(src),
+                hint,
+            ) from None
+    files, commit, why = _on_the_hub(repo, rev)
+    if files is None:
         raise CheckpointNotFoundError(
-            f"no such file or directory, and repo {repo!r}"
-            + (f" at revision {rev!r}" if rev else "")
-            + f" is {why} (cache: {cache})",
+            f"no such file or directory, and {where} is not in the Hugging Face cache "
+            f"(cache: {cache}); on the Hub: {why}",
+            str(src),
+            hint,
+        )
+    try:
+        folder = snapshot_download(
+            repo, revision=commit, cache_dir=cache, allow_patterns=_needed_files(files)
+        )
+    except Exception as exc:
+        raise CheckpointNotFoundError(
+            f"no such file or directory, and {where} could not be downloaded from the Hub "
+            f"({_first(exc)})",
             str(src),
             hint,
         ) from None
     return Path(folder)
 
 
-def _needed_files(repo: str, revision: str | None) -> list[str]:
-    """The files to fetch: one weight format (safetensors first) and every non-weight file."""
-    from huggingface_hub import HfApi
+# One request, no retries: a bare name that is a typo must fail in seconds, not after the
+# five retries with back-off (23 s) that huggingface_hub makes for downloads.
+HUB_TIMEOUT = 5.0
 
+
+def _on_the_hub(repo: str, rev: str | None) -> tuple[list[str] | None, str | None, str]:
+    """``(files, commit, "")`` of the repo on the Hub, or ``(None, None, what happened)``."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import (
+        GatedRepoError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        info = HfApi().model_info(repo, revision=rev, timeout=HUB_TIMEOUT)
+    except GatedRepoError:
+        return None, None, "the repo is gated: accept its terms and log in (hf auth login)"
+    except RepositoryNotFoundError:
+        return None, None, "no such repo (or it is private: log in with hf auth login)"
+    except RevisionNotFoundError:
+        return None, None, f"the repo has no revision {rev!r}"
+    except Exception as exc:  # no network, DNS, timeout, proxy...
+        return None, None, f"the Hub could not be reached ({type(exc).__name__}: {_first(exc)})"
+    files = [s.rfilename for s in info.siblings or []]
+    return files, info.sha or rev, ""
+
+
+def _needed_files(files: list[str]) -> list[str]:
+    """The files to fetch: one weight format (safetensors first) and every non-weight file."""
     from .sidefiles import _EXPORT_DIR_RE, is_weight_file
 
-    files = HfApi().list_repo_files(repo, revision=revision)
     weights = [f for f in files if "/" not in f and is_weight_file(f)]
     safe = [f for f in weights if f.endswith((".safetensors", ".safetensors.index.json"))]
     torch_bin = [f for f in weights if re.match(r"^pytorch_model.*\.bin(\.index\.json)?$", f)]

@@ -134,3 +134,72 @@ def test_repo_ids_through_the_cli_process_with_hf_home(model_store, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert set(reference_state(tmp_path / "out")) == set(reference_state(model_store("bert")))
+
+
+@pytest.fixture
+def fake_hub(tmp_path):
+    """A local server answering as the Hub does for a repo that does not exist."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(404)
+            self.send_header("X-Error-Code", "RepoNotFound")
+            self.send_header("X-Error-Message", "Repository not found")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def _run_online(args: list[str], cache: Path, endpoint: str, cwd: Path):
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HUB_CACHE=str(cache), HF_ENDPOINT=endpoint)
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "ckptsurgeon", *args], capture_output=True, text=True, env=env,
+        cwd=cwd, timeout=120,
+    )  # fmt: skip
+    return proc, time.monotonic() - start
+
+
+def test_a_bare_name_online_is_looked_up_in_the_cache_then_once_on_the_hub(
+    model_store, tmp_path, fake_hub
+):
+    """``inspect my-modle-typo`` (online) spent 23.6 s on five retries and said 'repo ... is
+    cannot be fetched'. Now: the cache first, then one request to the Hub; the error says there
+    is no such local path and what the Hub said, within seconds."""
+    import socket
+
+    cache = tmp_path / "cache"
+    make_cache(cache, "org/tiny-bert", model_store("bert"))
+    with socket.socket() as s:  # a port nobody listens on: the Hub cannot be reached
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    proc, took = _run_online(["inspect", "my-modle-typo"], cache, fake_hub, tmp_path)
+    assert proc.returncode == 2 and took < 10, (took, proc.stderr)
+    assert proc.stderr == (
+        "Error: no such file or directory, and repo 'my-modle-typo' is not in the Hugging Face "
+        f"cache (cache: {cache}); on the Hub: no such repo (or it is private: log in with hf "
+        "auth login) (my-modle-typo): check the path, or download the model first: hf download "
+        "my-modle-typo\n"
+    )
+    proc, took = _run_online(["inspect", "my-modle-typo"], cache, closed, tmp_path)
+    assert proc.returncode == 2 and took < 10, (took, proc.stderr)
+    assert len(proc.stderr.splitlines()) == 1 and "Retrying" not in proc.stderr
+    assert "is not in the Hugging Face cache" in proc.stderr
+    assert "on the Hub: the Hub could not be reached (" in proc.stderr
+    # a cached repo needs no network, online too
+    proc, took = _run_online(["inspect", "org/tiny-bert", "--json"], cache, closed, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["tensors"]
