@@ -783,10 +783,13 @@ def _report(result: Any, as_json: bool, *, dry_run: bool) -> None:
         return
     w = result.written
     if not str(w.destination).endswith(".safetensors") and "config.json" not in w.copied:
-        warn(
-            f"no config.json was copied into {w.destination} (SRC has none beside its weights); "
-            "add one before from_pretrained, which otherwise falls back to default sizes"
-        )
+        left_out = dict(plan.side_files.outside) if plan.side_files is not None else {}
+        if "config.json" not in left_out:
+            warn(
+                f"no config.json was copied into {w.destination} (SRC has none beside its "
+                "weights); add one before from_pretrained, which otherwise falls back to "
+                "default sizes"
+            )
     click.echo(f"{summary}")
     click.echo(f"wrote {w.destination} ({', '.join(w.files)}; {format_size(w.total_bytes)})")
     if w.copied:

@@ -59,6 +59,7 @@ class SideFiles:
     files: tuple[tuple[str, str], ...] = ()  # (relative posix path in DEST, path to read)
     dirs: tuple[str, ...] = ()  # relative folders to create, parents first
     notes: tuple[str, ...] = ()  # one warning per kind of thing left out
+    outside: tuple[tuple[str, str], ...] = ()  # links out of SRC left out: (name, target)
 
     @property
     def top_level(self) -> list[str]:
@@ -95,7 +96,8 @@ def plan_side_files(root: Path | None, own_files: list[Path]) -> SideFiles:
     files: list[tuple[str, str]] = []
     dirs: list[str] = []
     stale: list[str] = []
-    outside: list[str] = []
+    outside: list[tuple[str, str]] = []
+    read_through: list[str] = []
     loops: list[str] = []
     special: list[str] = []
     broken: list[str] = []
@@ -119,7 +121,10 @@ def plan_side_files(root: Path | None, own_files: list[Path]) -> SideFiles:
                 if entry.is_symlink():
                     target = os.path.realpath(path)
                     if not _inside(target, allowed):
-                        outside.append(relname)
+                        if not rel and target in own:  # the weights themselves: read, not copied
+                            read_through.append(f"{relname} -> {target}")
+                        else:
+                            outside.append((relname, target))
                         continue
                     st = os.stat(path)
                 else:
@@ -153,15 +158,22 @@ def plan_side_files(root: Path | None, own_files: list[Path]) -> SideFiles:
             "not copied into DEST, weights of the source in another name or format that would be "
             "stale beside the new ones: " + ", ".join(stale)
         )
+    if read_through:
+        notes.append(
+            "weights read through symbolic links that lead out of SRC: " + ", ".join(read_through)
+        )
     if outside:
-        notes.append("not copied, symbolic links that lead out of SRC: " + ", ".join(outside))
+        notes.append(
+            "not copied, symbolic links that lead out of SRC (copy them by hand if they belong "
+            "to this model): " + ", ".join(f"{name} -> {target}" for name, target in outside)
+        )
     if loops:
         notes.append("not copied, links back to a folder already copied: " + ", ".join(loops))
     if special:
         notes.append("not copied, FIFOs, sockets or devices (never opened): " + ", ".join(special))
     if broken:
         notes.append("not copied, broken links or unreadable entries: " + ", ".join(broken))
-    return SideFiles(tuple(files), tuple(dirs), tuple(notes))
+    return SideFiles(tuple(files), tuple(dirs), tuple(notes), tuple(outside))
 
 
 def copy_side_files(side: SideFiles, target: Path) -> None:

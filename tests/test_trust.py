@@ -170,7 +170,8 @@ def test_symlinks_out_of_src_are_not_followed(model_store, tmp_path):
     assert "hunter2" not in "".join(p.read_text() for p in out.rglob("*.txt"))
     warnings = [ln for ln in proc.stderr.splitlines() if ln.startswith("Warning:")]
     assert (
-        "Warning: not copied, symbolic links that lead out of SRC: notes.txt, sub/etc" in warnings
+        "Warning: not copied, symbolic links that lead out of SRC (copy them by hand if they "
+        f"belong to this model): notes.txt -> {secret}, sub/etc -> /etc" in warnings
     )
     assert (
         "Warning: not copied, links back to a folder already copied: sub/again/, sub/up/"
@@ -504,3 +505,25 @@ def test_open_checkpoint_reports_config_problem_without_raising(src_copy):
     (src / "config.json").write_text("[]")
     ckpt = open_checkpoint(src)
     assert ckpt.config is None and ckpt.config_error is not None
+
+
+def test_links_out_of_src_say_what_happened(model_store, tmp_path):
+    """A config.json linked from outside SRC is left out, and the warning said SRC had no
+    config.json; weights linked from outside are read, and the warning said 'not copied'."""
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(model_store("bert"), elsewhere)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").symlink_to(elsewhere / "config.json")
+    (src / "model.safetensors").symlink_to(elsewhere / "model.safetensors")
+    code, out, err, _ = cli("drop", src, tmp_path / "out", "-p", "cls.*")
+    assert code == 0, err
+    warnings = [ln for ln in err.splitlines() if ln.startswith("Warning:")]
+    assert warnings == [
+        "Warning: weights read through symbolic links that lead out of SRC: model.safetensors "
+        f"-> {elsewhere / 'model.safetensors'}",
+        "Warning: not copied, symbolic links that lead out of SRC (copy them by hand if they "
+        f"belong to this model): config.json -> {elsewhere / 'config.json'}",
+    ]
+    assert not (tmp_path / "out" / "config.json").exists()
+    assert (tmp_path / "out" / "model.safetensors").is_file()
