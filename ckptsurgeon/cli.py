@@ -235,13 +235,7 @@ def emit_json(obj: Any) -> None:
 @_quiet_option
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
-    """Offline surgery on transformer checkpoints: inspect, convert, drop, reinit, cast, rename,
-    apply (several in one pass), diff.
-
-    SRC is a model directory (safetensors first, then pytorch_model.bin, sharded or not) or a
-    single .safetensors, .index.json, .bin, .pt or .pth file. Patterns are globs over full tensor
-    names (case-sensitive, '*' crosses dots) with brace expansion: 'bert.encoder.layer.{9..11}.*'.
-    """
+    # the help text is made from the commands themselves, once they are all added (below)
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
 
@@ -330,9 +324,12 @@ _DETAILS = {
     "convert": "DEST ending in .safetensors is written as that single file; otherwise DEST is a "
     "model directory (sharded past --max-shard-size) with SRC's other files copied beside the "
     "weights.",
-    "reinit": "Rules: LayerNorm weight 1, bias 0; every other bias 0; embeddings N(0, std) with "
-    "the padding row zeroed; every other floating weight of rank >= 2 N(0, std). Integer "
-    "buffers are skipped. Unselected tensors are copied bit for bit.",
+    "reinit": "--rules auto (default) takes BERT's rules for the BERT family and the model's "
+    "own init (its _init_weights, run by transformers) for every other architecture. BERT's "
+    "rules: LayerNorm weight 1, bias 0; every other bias 0; embeddings N(0, std) with the "
+    "padding row zeroed; every other floating weight of rank >= 2 N(0, std). Integer buffers "
+    "are skipped. --dry-run names each tensor's rule. Unselected tensors are copied bit for "
+    "bit.",
     "cast": "Default: every floating tensor; -p/-x narrow it. Integer and bool tensors are "
     "never cast. Values are bit-identical to torch's tensor.to(dtype) (round to nearest even, "
     "NaN and Inf kept); config.json's dtype is set when every floating tensor ends up cast.",
@@ -805,6 +802,22 @@ def group_names(names: Sequence[str]) -> dict[str, int]:
         key = group_of(name)
         groups[key] = groups.get(key, 0) + 1
     return groups
+
+
+def _main_help() -> str:
+    """The group's help: every command, as registered (none can be left out of the summary)."""
+    names = sorted(main.commands)
+    return (
+        "Offline surgery on transformer checkpoints: " + ", ".join(names) + ".\n\n"
+        "SRC is a model directory (safetensors first, then pytorch_model.bin, sharded or not), "
+        "a single .safetensors, .index.json, .bin, .pt or .pth file, or a Hugging Face repo id "
+        "(org/name[@revision]). Patterns are globs over full tensor names (case-sensitive, '*' "
+        "crosses dots) with brace expansion: 'bert.encoder.layer.{9..11}.*'. 'apply' runs "
+        "several steps in one pass."
+    )
+
+
+main.help = _main_help()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -230,3 +230,20 @@ def test_closed_stdout_pipe_is_quiet(tmp_path):
     )
     assert proc.stdout == "format:     safetensors\n"
     assert "Error" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_help_summary_names_every_command_and_reinit_says_how_it_chooses_rules():
+    """``--help``'s summary omitted layers, resize-vocab and verify; ``reinit --help`` said
+    'with BERT's rules' though ``--rules auto`` picks the model's own for most models."""
+    runner = CliRunner()
+    text = runner.invoke(main, ["--help"]).stdout
+    summary = " ".join(text.split("\n\n")[1].split())
+    assert summary == (
+        "Offline surgery on transformer checkpoints: " + ", ".join(sorted(main.commands)) + "."
+    )
+    for name in ("layers", "resize-vocab", "verify", "apply", "diff", "inspect"):
+        assert name in summary
+    reinit = " ".join(runner.invoke(main, ["reinit", "--help"]).stdout.split())
+    assert "by the model's own rules (or BERT's)" in reinit
+    assert "with BERT's rules" not in reinit
+    assert "--rules auto (default) takes BERT's rules for the BERT family" in reinit

@@ -109,7 +109,7 @@ def plan_reinit(
 
 REINIT = Operation(
     "reinit",
-    "Re-initialise selected tensors of SRC with BERT's rules; write DEST.",
+    "Re-initialise selected tensors of SRC by the model's own rules (or BERT's); write DEST.",
     (
         PATTERNS,
         Option(
