@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from conftest import assert_bitwise_equal, load_model, reference_state
@@ -137,3 +138,73 @@ def test_resize_errors(model_store, tmp_path, family, args, message):
     assert_clean_error(code, err)
     assert err.strip() == message.format(src=src, prog="main")  # CliRunner's program name
     assert leftovers(tmp_path) == [] and not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def modernbert_and_clip(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, Any]]:
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(0)
+    base = tmp_path_factory.mktemp("vocab-archs")
+    mb = tf.ModernBertForMaskedLM(
+        tf.ModernBertConfig(
+            hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+            vocab_size=99, pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1,
+            sep_token_id=2,
+        )
+    )  # fmt: skip
+    with torch.no_grad():
+        mb.decoder.bias.add_(torch.randn_like(mb.decoder.bias))
+    clip = tf.CLIPModel(
+        tf.CLIPConfig(
+            text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 99, "max_position_embeddings": 16, "pad_token_id": 1, "bos_token_id": 2, "eos_token_id": 3},
+            vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 4, "image_size": 8, "patch_size": 4},
+            projection_dim=16,
+        )
+    )  # fmt: skip
+    out = {}
+    for name, model in (("modernbert", mb), ("clip", clip)):
+        model.save_pretrained(base / name)
+        out[name] = (base / name, type(model))
+    return out
+
+
+@pytest.mark.roundtrip
+@pytest.mark.parametrize(
+    ("name", "embedding", "others", "key"),
+    [
+        ("modernbert", "model.embeddings.tok_embeddings.weight", ["decoder.bias"], "vocab_size"),
+        (
+            "clip",
+            "text_model.embeddings.token_embedding.weight",
+            [],
+            "text_config.vocab_size",
+        ),
+    ],
+)
+@pytest.mark.parametrize("size", [120, 64])
+def test_modernbert_and_clip_embeddings_are_found(
+    modernbert_and_clip, tmp_path, name, embedding, others, key, size
+):
+    """resize-vocab did not find ModernBERT's tok_embeddings (nor its head bias decoder.bias)
+    nor CLIP's token_embedding (config's text_config.vocab_size)."""
+    from ckptsurgeon import resize_vocab
+
+    src, cls = modernbert_and_clip[name]
+    res = resize_vocab(src, tmp_path / "out", size)
+    resized = sorted(t.name for t in res.plan.tensors if t.action == "resize")
+    assert resized == sorted([embedding, *others])
+    assert [(e.key, e.old, e.new) for e in res.plan.config_edits] == [(key, 99, size)]
+    model, info = cls.from_pretrained(str(tmp_path / "out"), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    before, after = reference_state(src), reference_state(tmp_path / "out")
+    for n in [embedding, *others]:
+        keep = min(size, 99)
+        assert after[n].shape[0] == size
+        assert_bitwise_equal(after[n][:keep], before[n][:keep], n)
+        if size > 99 and n.endswith("bias"):
+            assert not after[n][99:].any()
+        elif size > 99:
+            assert_bitwise_equal(after[n][99], before[n].double().mean(0).float(), n)
+    assert model.state_dict()[embedding].shape[0] == size

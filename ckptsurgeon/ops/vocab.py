@@ -19,7 +19,17 @@ from ..plan import Copy, Plan, PlannedTensor, Rows
 from ..ties import name_ties
 from .base import SEED, Operation, Option
 
-_EMBEDDING_ENDS = ("word_embeddings.weight", "embed_tokens.weight", "wte.weight", "shared.weight")
+_EMBEDDING_ENDS = (
+    "word_embeddings.weight",
+    "embed_tokens.weight",
+    "wte.weight",
+    "shared.weight",
+    "tok_embeddings.weight",  # ModernBERT
+    "token_embedding.weight",  # CLIP's text tower
+)
+# Heads and head biases named by their whole name (a suffix would match other models' tensors)
+_HEAD_NAMES = ("decoder.weight",)  # ModernBERT's head, when stored (untied)
+_BIAS_NAMES = ("decoder.bias",)  # ModernBERT's head bias
 _HEAD_ENDS = (
     "lm_head.weight",
     "predictions.decoder.weight",
@@ -37,18 +47,40 @@ _BIAS_ENDS = (
 )
 
 
-def vocab_tensors(plan: Plan) -> tuple[int, list[PlannedTensor]]:
-    """The current vocabulary size and the tensors that have one row per token."""
+def vocab_key(plan: Plan, embeddings: list[PlannedTensor]) -> str | None:
+    """The (possibly dotted) config.json key of the vocabulary size: ``vocab_size``, or the
+    sub-config's of the tower that holds the embeddings (CLIP: ``text_config.vocab_size``)."""
+    from ..selection import _SUB_CONFIGS, config_get
+
+    if _is_int(config_get(plan.config, "vocab_size")):
+        return "vocab_size"
+    for t in embeddings:
+        sub = _SUB_CONFIGS.get(t.name.split(".", 1)[0])
+        if sub is not None and _is_int(config_get(plan.config, f"{sub}.vocab_size")):
+            return f"{sub}.vocab_size"
+    return None
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def vocab_tensors(plan: Plan) -> tuple[int, list[PlannedTensor], str | None]:
+    """The current vocabulary size, the tensors that have one row per token, and the config
+    key that holds the size."""
+    from ..selection import config_get
+
     embeddings = [t for t in plan.tensors if t.name.endswith(_EMBEDDING_ENDS) and len(t.shape) == 2]
-    cfg_size = (plan.config or {}).get("vocab_size")
-    if isinstance(cfg_size, int) and not isinstance(cfg_size, bool):
-        size = cfg_size
+    key = vocab_key(plan, embeddings)
+    if key is not None:
+        size = int(config_get(plan.config, key))
     elif embeddings:
         size = embeddings[0].shape[0]
     else:
         raise SelectionError(
             "no word embeddings found (looked for '*word_embeddings.weight', "
-            "'*embed_tokens.weight', '*wte.weight', 'shared.weight')",
+            "'*embed_tokens.weight', '*wte.weight', 'shared.weight', '*tok_embeddings.weight', "
+            "'*token_embedding.weight')",
             plan.source,
             "this operation needs the model's embedding matrix",
         )
@@ -58,8 +90,11 @@ def vocab_tensors(plan: Plan) -> tuple[int, list[PlannedTensor]]:
         if t.shape
         and t.shape[0] == size
         and (
-            (len(t.shape) == 2 and t.name.endswith(_EMBEDDING_ENDS + _HEAD_ENDS))
-            or (len(t.shape) == 1 and t.name.endswith(_BIAS_ENDS))
+            (
+                len(t.shape) == 2
+                and (t.name.endswith(_EMBEDDING_ENDS + _HEAD_ENDS) or t.name in _HEAD_NAMES)
+            )
+            or (len(t.shape) == 1 and (t.name.endswith(_BIAS_ENDS) or t.name in _BIAS_NAMES))
         )
     ]
     if not any(t.name.endswith(_EMBEDDING_ENDS) for t in found):
@@ -68,22 +103,27 @@ def vocab_tensors(plan: Plan) -> tuple[int, list[PlannedTensor]]:
             plan.source,
             "check that config.json's vocab_size belongs to these weights",
         )
-    return size, found
+    return size, found, key
 
 
 def plan_resize_vocab(plan: Plan, size: int, init: str, seed: int) -> Plan:
-    old, tensors = vocab_tensors(plan)
+    from ..selection import config_get
+
+    old, tensors, key = vocab_tensors(plan)
     if size == old:
         raise SelectionError(
             f"the vocabulary already has {size} entries", plan.source, "give another --size"
         )
-    pad = (plan.config or {}).get("pad_token_id")
-    if isinstance(pad, int) and not isinstance(pad, bool) and pad >= size:
-        raise SelectionError(
-            f"pad_token_id {pad} does not fit a vocabulary of {size}",
-            plan.source,
-            f"give --size > {pad}, or change pad_token_id in config.json first",
-        )
+    section = key.rsplit(".", 1)[0] if key is not None and "." in key else ""
+    ids = config_get(plan.config, section) if section else plan.config
+    token_ids = sorted((ids or {}).items(), key=lambda kv: (kv[0] != "pad_token_id", kv[0]))
+    for name, value in token_ids:  # pad_token_id first, then bos, cls, eos, sep...
+        if name.endswith("_token_id") and _is_int(value) and size <= value < old:
+            raise SelectionError(
+                f"{name} {value} does not fit a vocabulary of {size}",
+                plan.source,
+                f"give --size > {value}, or change {name} in config.json first",
+            )
     for t in tensors:
         if t.computed:
             raise SelectionError(
@@ -108,7 +148,9 @@ def plan_resize_vocab(plan: Plan, size: int, init: str, seed: int) -> Plan:
         rows = Rows(t.source.tensor, min(size, old), grow, fill, rule, stream, seed)
         out.append(replace(t, shape=(size, *t.shape[1:]), source=rows))
     resized = replace(plan, tensors=tuple(out))
-    return resized.with_config({"vocab_size": size}) if plan.config is not None else resized
+    if plan.config is None:
+        return resized
+    return resized.with_config({key or "vocab_size": size})
 
 
 RESIZE_VOCAB = Operation(
