@@ -1,7 +1,8 @@
 """A picture of a diff: where in the model did the weights change, and how much?
 
 :func:`diff_grid` (pure, no plotting library) lays the tensors of a :class:`DiffResult` out as
-a grid: one row per layer of the model's block stack (plus ``embeddings`` and ``other``), one
+a grid: one row per layer of the model's block stack (plus ``embeddings`` and ``other``; with
+several stacks, as T5 and CLIP have, one group of rows per stack, labelled by it), one
 column per module kind (query, key, value, attention output, intermediate, output, LayerNorm,
 embeddings, head, other), and a ``total`` row and column. Each cell holds the largest relative
 change ``||a-b|| / ||a||`` among its tensors. :func:`write_plot` draws it as a heatmap (log
@@ -85,21 +86,31 @@ def diff_grid(result: Any) -> Grid:
     """Lay a diff's tensors out by layer and module kind (see the module docstring)."""
     names = [t.name for t in result.tensors]
     stacks = find_layer_stacks(names)
-    prefix = max(stacks, key=lambda p: len(stacks[p])) if stacks else None
-    layer_re = re.compile(re.escape(prefix) + r"\.(\d+)\.") if prefix else None
+    # one group of rows per stack (T5's encoder and decoder, CLIP's two towers), in the order
+    # the checkpoint lists them; with a single stack the rows are simply "layer N"
+    first_seen = {p: min(i for i, n in enumerate(names) if n.startswith(p + ".")) for p in stacks}
+    order = sorted(stacks, key=lambda p: (first_seen[p], p))
+    matchers = [(p, re.compile(re.escape(p) + r"\.(\d+)\.")) for p in order]
+    labelled = len(order) > 1
     groups: dict[tuple[str, str], list[Any]] = {}
-    layers: set[int] = set()
+    layer_rows: list[str] = []
+    for prefix in order:
+        for i in stacks[prefix]:
+            layer_rows.append(f"{prefix} {i}" if labelled else f"layer {i}")
     for t in result.tensors:
-        m = layer_re.match(t.name) if layer_re else None
         kind = kind_of(t.name)
-        if m is not None:
-            layers.add(int(m.group(1)))
-            row = f"layer {int(m.group(1))}"
-        else:
+        row = None
+        for prefix, layer_re in matchers:
+            m = layer_re.match(t.name)
+            if m is not None:
+                i = int(m.group(1))
+                row = f"{prefix} {i}" if labelled else f"layer {i}"
+                break
+        if row is None:
             embedding = kind == "embeddings" or ".embeddings." in f".{t.name}"
             row = "embeddings" if embedding else "other"
         groups.setdefault((row, kind), []).append(t)
-    rows = ["embeddings", *(f"layer {i}" for i in sorted(layers)), "other"]
+    rows = ["embeddings", *layer_rows, "other"]
     rows = [r for r in rows if any(k[0] == r for k in groups)]
     columns = [k for k in KINDS if any(g[1] == k for g in groups)]
     cells = {key: _cell(ts) for key, ts in groups.items()}

@@ -110,3 +110,31 @@ def test_plot_errors(model_store, tmp_path, monkeypatch):
         "pip install 'ckptsurgeon[plot]'"
     )
     assert code == 2 and not (tmp_path / "p.png").exists()
+
+
+def test_each_stack_gets_its_own_labelled_rows(tmp_path):
+    """T5's decoder (and CLIP's vision tower) were collapsed into one 'other' row: every stack
+    now has a group of rows labelled by the stack, and a change shows in the right one."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(0)
+    t5 = tf.T5ForConditionalGeneration(
+        tf.T5Config(d_model=32, d_ff=37, num_layers=2, num_decoder_layers=3, num_heads=4, d_kv=8, vocab_size=99)
+    )  # fmt: skip
+    t5.save_pretrained(tmp_path / "t5")
+    reinit(tmp_path / "t5", tmp_path / "re", "decoder.block.2.*")
+    grid = diff_grid(diff(tmp_path / "t5", tmp_path / "re"))
+    assert grid.rows == (
+        "embeddings", "decoder.block 0", "decoder.block 1", "decoder.block 2",
+        "encoder.block 0", "encoder.block 1", "other", "total",
+    )  # fmt: skip
+    assert grid.get("decoder.block 2", "total").value > 0.5
+    for row in grid.rows[1:6]:
+        if row != "decoder.block 2":
+            assert grid.get(row, "total").mark == "=", row
+    assert grid.get("other", "total").mark == "="  # the final layer norms only
+    code, _, err, _ = cli("diff", tmp_path / "t5", tmp_path / "re", "--plot", tmp_path / "p.svg")
+    assert code == 1, err
+    labels = {el.text for el in ET.parse(tmp_path / "p.svg").iter() if el.text}
+    assert {"decoder.block 2", "encoder.block 1"} <= {label.strip() for label in labels}
