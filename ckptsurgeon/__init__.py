@@ -10,8 +10,7 @@ BERT's rules, and write a byte-deterministic safetensors checkpoint that stock
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+import typing as _typing
 
 __version__ = "0.1.0"
 
@@ -38,6 +37,7 @@ _LAZY = {
     "Result": "api",
     "apply": "api",
     "cast": "api",
+    "config": "api",
     "convert": "api",
     "drop": "api",
     "layers": "api",
@@ -52,13 +52,19 @@ _LAZY = {
     "Plan": "plan",
     "Recipe": "recipe",
     "parse_size": "sizes",
+    "Verification": "verify",
+    "verify": "verify",
+    "write_plot": "plot",
 }
 
-if TYPE_CHECKING:  # pragma: no cover
+if _typing.TYPE_CHECKING:  # pragma: no cover
+    from typing import Any
+
     from .api import (
         Result,
         apply,
         cast,
+        config,
         convert,
         drop,
         layers,
@@ -70,21 +76,26 @@ if TYPE_CHECKING:  # pragma: no cover
     from .compare import DiffResult, diff
     from .inspection import Inspection, inspect
     from .plan import Plan
+    from .plot import write_plot
     from .recipe import Recipe
     from .sizes import parse_size
+    from .verify import Verification, verify
 
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'ckptsurgeon' has no attribute {name!r}")
+    import importlib
+
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    """The public API (``__all__``), not the helpers this module imports."""
+    return sorted(__all__)
 
 
 __all__ = [
@@ -105,11 +116,13 @@ __all__ = [
     "TensorInfo",
     "UnsafePickleError",
     "UnsupportedFormatError",
+    "Verification",
     "VerificationError",
     "WriteError",
     "__version__",
     "apply",
     "cast",
+    "config",
     "convert",
     "diff",
     "drop",
@@ -120,4 +133,6 @@ __all__ = [
     "reinit",
     "rename",
     "resize_vocab",
+    "verify",
+    "write_plot",
 ]

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import normalise_prefixes, open_checkpoint, strip_prefixes
+from .errors import DestinationError
 from .execute import execute
+from .ops.drop import dropped_head_hint
 from .patterns import as_patterns
 from .plan import Plan
 from .recipe import Recipe, Step, plan_recipe
@@ -45,10 +47,11 @@ class Result:
 def run(
     recipe: Recipe,
     src: PathLike,
-    dest: PathLike,
+    dest: PathLike | None,
     *,
     verb: str = "apply",
     strip_prefix: str | Sequence[str] = (),
+    config_set: dict[str, Any] | Sequence[str] | None = None,
     revision: str | None = None,
     dry_run: bool = False,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
@@ -63,15 +66,34 @@ def run(
 
     ``strip_prefix`` (the verbs' ``--strip-prefix``) reads SRC's names without a wrapper
     prefix, as if they had been saved that way; in recipes the ``rename`` step does this.
+    ``config_set`` (``--config-set``) sets config.json keys after the recipe's steps.
     SRC may be a Hugging Face repo id (``org/name[@revision]``, or ``revision=``) that is not a
-    local path."""
+    local path. DEST may be None for a dry run: the plan alone."""
+    if dest is None and not dry_run:
+        raise DestinationError("no destination given", "dest", "give DEST, or dry_run=True")
+    if config_set:  # --config-set: one more step, after the others
+        from .ops import OPERATIONS
+
+        values = OPERATIONS["config"].normalise(
+            {"set": list(config_set) if not isinstance(config_set, dict) else config_set},
+            "--config-set",
+            {"set": "--config-set"},
+        )
+        recipe = Recipe((*recipe.steps, Step("config", values)))
     ckpt = open_checkpoint(src, revision)
     strip = normalise_prefixes(ckpt, as_patterns(strip_prefix))
     ckpt = strip_prefixes(ckpt, strip)
     ckpt.require_valid_config()
     plan = plan_recipe(recipe, ckpt, label_steps=verb == "apply")
-    plan = replace(plan, destination=str(dest), verb=verb, input_strip=tuple(strip))
+    plan = replace(
+        plan, destination="" if dest is None else str(dest), verb=verb, input_strip=tuple(strip)
+    )
+    hint = dropped_head_hint(plan)
+    if hint:
+        plan = plan.warn(hint)
     shard_size = parse_size(max_shard_size) if isinstance(max_shard_size, str) else max_shard_size
+    if dest is None:
+        return Result(plan, None)
     check_destination(ckpt, Path(dest), overwrite)
     if not is_single_file(dest):
         side = plan_side_files(ckpt.root, ckpt.own_files)
@@ -93,14 +115,15 @@ def run(
 def apply(
     recipe: Recipe | Sequence[dict[str, Any]] | dict[str, Any] | PathLike,
     src: PathLike,
-    dest: PathLike,
+    dest: PathLike | None = None,
     *,
     dry_run: bool = False,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     overwrite: bool = False,
     threads: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
     revision: str | None = None,
+    config_set: dict[str, Any] | Sequence[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Result:
     """Run a recipe (a :class:`Recipe`, its steps as Python data, or a YAML/JSON file) over SRC
     in one streaming pass.
@@ -122,6 +145,7 @@ def apply(
         threads=threads,
         progress=progress,
         revision=revision,
+        config_set=config_set,
     )
 
 
@@ -134,38 +158,30 @@ def verb_recipe(verb: str, options: dict[str, Any], labels: dict[str, str] | Non
 
 
 def _verb(
-    verb: str,
-    src: PathLike,
-    dest: PathLike,
-    options: dict[str, Any],
-    *,
-    strip_prefix: Any = (),
-    dry_run: bool = False,
-    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
-    overwrite: bool = False,
-    threads: int | None = None,
+    verb: str, src: PathLike, dest: PathLike | None, options: dict[str, Any], **run_options: Any
 ) -> Result:
-    return run(
-        verb_recipe(verb, options),
-        src,
-        dest,
-        verb=verb,
-        strip_prefix=strip_prefix,
-        dry_run=dry_run,
-        max_shard_size=max_shard_size,
-        overwrite=overwrite,
-        threads=threads,
-    )
+    """Run one operation as its CLI verb does; ``run_options`` are :func:`run`'s keywords (the
+    options every writing command has)."""
+    return run(verb_recipe(verb, options), src, dest, verb=verb, **run_options)
+
+
+# Every writing function takes these keywords, as every writing command takes these options:
+# strip_prefix (convert, drop, reinit), dry_run, max_shard_size, overwrite, threads, revision,
+# config_set and progress. A test walks the CLI to keep the two the same.
 
 
 def convert(
     src: PathLike,
-    dest: PathLike,
+    dest: PathLike | None = None,
     *,
+    strip_prefix: str | Sequence[str] = (),
     dry_run: bool = False,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     overwrite: bool = False,
-    strip_prefix: str | Sequence[str] = (),
+    threads: int | None = None,
+    revision: str | None = None,
+    config_set: dict[str, Any] | Sequence[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Result:
     """Rewrite any readable checkpoint as safetensors with every value unchanged.
 
@@ -174,48 +190,36 @@ def convert(
 
     >>> convert("bert-bin/", "bert-safetensors/")  # doctest: +SKIP
     """
-    return _verb(
-        "convert",
-        src,
-        dest,
-        {},
-        strip_prefix=strip_prefix,
-        dry_run=dry_run,
-        max_shard_size=max_shard_size,
-        overwrite=overwrite,
-    )
+    return _verb("convert", src, dest, {}, **_run_options(locals()))
 
 
 def drop(
     src: PathLike,
-    dest: PathLike,
-    patterns: str | Sequence[str],
+    dest: PathLike | None = None,
+    patterns: str | Sequence[str] = (),
     exclude: str | Sequence[str] = (),
     *,
+    strip_prefix: str | Sequence[str] = (),
     dry_run: bool = False,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     overwrite: bool = False,
-    strip_prefix: str | Sequence[str] = (),
+    threads: int | None = None,
+    revision: str | None = None,
+    config_set: dict[str, Any] | Sequence[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Result:
     """Write the checkpoint without the selected tensors (patterns match stripped names).
 
-    >>> drop("bert-mlm/", "bert-headless/", ["cls.*"])  # doctest: +SKIP
+    >>> drop("bert-mlm/", "bert-headless/", ["cls.*"],
+    ...      config_set={"architectures": ["BertModel"]})  # doctest: +SKIP
     """
-    return _verb(
-        "drop",
-        src,
-        dest,
-        {"patterns": patterns, "exclude": exclude},
-        strip_prefix=strip_prefix,
-        dry_run=dry_run,
-        max_shard_size=max_shard_size,
-        overwrite=overwrite,
-    )
+    options = {"patterns": patterns, "exclude": exclude}
+    return _verb("drop", src, dest, options, **_run_options(locals()))
 
 
 def reinit(
     src: PathLike,
-    dest: PathLike,
+    dest: PathLike | None = None,
     patterns: str | Sequence[str] = (),
     exclude: str | Sequence[str] = (),
     *,
@@ -225,11 +229,14 @@ def reinit(
     std: float | None = None,
     stack: str | None = None,
     rules: str = "auto",
+    strip_prefix: str | Sequence[str] = (),
     dry_run: bool = False,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     overwrite: bool = False,
     threads: int | None = None,
-    strip_prefix: str | Sequence[str] = (),
+    revision: str | None = None,
+    config_set: dict[str, Any] | Sequence[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Result:
     """Re-initialise the selected tensors and write a new checkpoint: with BERT's rules
     (``rules="bert"``, torch-free), the architecture's own init (``"model"``), or BERT's for the
@@ -250,49 +257,36 @@ def reinit(
         "stack": stack,
         "rules": rules,
     }
-    return _verb(
-        "reinit",
-        src,
-        dest,
-        options,
-        strip_prefix=strip_prefix,
-        dry_run=dry_run,
-        max_shard_size=max_shard_size,
-        overwrite=overwrite,
-        threads=threads,
-    )
+    return _verb("reinit", src, dest, options, **_run_options(locals()))
 
 
 def cast(
     src: PathLike,
-    dest: PathLike,
-    dtype: str,
+    dest: PathLike | None = None,
+    dtype: str = "",
     patterns: str | Sequence[str] = (),
     exclude: str | Sequence[str] = (),
     *,
     dry_run: bool = False,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     overwrite: bool = False,
+    threads: int | None = None,
+    revision: str | None = None,
+    config_set: dict[str, Any] | Sequence[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Result:
     """Cast floating tensors (all, or the selected ones) to ``bf16``, ``fp16`` or ``fp32``,
     bit for bit as torch's ``.to()``; config.json's dtype follows.
 
     >>> cast("bert/", "bert-bf16/", "bf16")  # doctest: +SKIP
     """
-    return _verb(
-        "cast",
-        src,
-        dest,
-        {"dtype": dtype, "patterns": patterns, "exclude": exclude},
-        dry_run=dry_run,
-        max_shard_size=max_shard_size,
-        overwrite=overwrite,
-    )
+    options = {"dtype": dtype or None, "patterns": patterns, "exclude": exclude}
+    return _verb("cast", src, dest, options, **_run_options(locals()))
 
 
 def rename(
     src: PathLike,
-    dest: PathLike,
+    dest: PathLike | None = None,
     *,
     sub: Sequence[Sequence[str]] = (),
     add_prefix: str | None = None,
@@ -300,26 +294,29 @@ def rename(
     dry_run: bool = False,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     overwrite: bool = False,
+    threads: int | None = None,
+    revision: str | None = None,
+    config_set: dict[str, Any] | Sequence[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Result:
     """Rename tensors: ``strip_prefix``, then each ``(REGEX, REPL)`` of ``sub`` with
     ``re.sub``, then ``add_prefix``. Bytes are copied unchanged.
 
     >>> rename("ddp/", "clean/", strip_prefix="module.")  # doctest: +SKIP
     """
-    return _verb(
-        "rename",
-        src,
-        dest,
-        {"sub": [list(p) for p in sub], "add_prefix": add_prefix, "strip_prefix": strip_prefix},
-        dry_run=dry_run,
-        max_shard_size=max_shard_size,
-        overwrite=overwrite,
-    )
+    options = {
+        "sub": [list(p) for p in sub],
+        "add_prefix": add_prefix,
+        "strip_prefix": strip_prefix,
+    }
+    run_options = _run_options(locals())
+    del run_options["strip_prefix"]  # rename's own option: names change in the output too
+    return _verb("rename", src, dest, options, **run_options)
 
 
 def layers(
     src: PathLike,
-    dest: PathLike,
+    dest: PathLike | None = None,
     *,
     keep: str | Sequence[int | str] | None = None,
     drop: str | Sequence[int | str] | None = None,
@@ -327,45 +324,78 @@ def layers(
     dry_run: bool = False,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     overwrite: bool = False,
+    threads: int | None = None,
+    revision: str | None = None,
+    config_set: dict[str, Any] | Sequence[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Result:
     """Keep (in a new order, repeats allowed) or drop blocks of a layer stack, renumbered
     0..k-1 and copied byte for byte; config.json's layer count follows.
 
     >>> layers("bert-base/", "student/", keep="0,2,4,7,9,11")  # doctest: +SKIP
     """
-    return _verb(
-        "layers",
-        src,
-        dest,
-        {"keep": keep, "drop": drop, "stack": stack},
-        dry_run=dry_run,
-        max_shard_size=max_shard_size,
-        overwrite=overwrite,
-    )
+    options = {"keep": keep, "drop": drop, "stack": stack}
+    return _verb("layers", src, dest, options, **_run_options(locals()))
 
 
 def resize_vocab(
     src: PathLike,
-    dest: PathLike,
-    size: int,
+    dest: PathLike | None = None,
+    size: int | None = None,
     *,
     init: str = "mean",
     seed: int = 0,
     dry_run: bool = False,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     overwrite: bool = False,
+    threads: int | None = None,
+    revision: str | None = None,
+    config_set: dict[str, Any] | Sequence[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Result:
     """Grow or shrink every vocabulary-sized tensor to ``size`` rows (new rows: ``mean`` of
     the existing ones, or ``normal``); config.json's vocab_size follows.
 
     >>> resize_vocab("bert/", "bert-more-tokens/", 30600)  # doctest: +SKIP
     """
-    return _verb(
-        "resize-vocab",
-        src,
-        dest,
-        {"size": size, "init": init, "seed": seed},
-        dry_run=dry_run,
-        max_shard_size=max_shard_size,
-        overwrite=overwrite,
-    )
+    options = {"size": size, "init": init, "seed": seed}
+    return _verb("resize-vocab", src, dest, options, **_run_options(locals()))
+
+
+def config(
+    src: PathLike,
+    dest: PathLike | None = None,
+    set: dict[str, Any] | Sequence[str] | None = None,
+    *,
+    dry_run: bool = False,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    overwrite: bool = False,
+    threads: int | None = None,
+    revision: str | None = None,
+    config_set: dict[str, Any] | Sequence[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Result:
+    """Set config.json keys (``{"architectures": ["BertModel"]}`` or ``["KEY=JSON", ...]``);
+    the tensors are copied unchanged.
+
+    >>> config("bert-headless/", "fixed/", {"architectures": ["BertModel"]})  # doctest: +SKIP
+    """
+    values = list(set) if set is not None and not isinstance(set, dict) else set
+    return _verb("config", src, dest, {"set": values}, **_run_options(locals()))
+
+
+_RUN_KEYWORDS = (
+    "strip_prefix",
+    "dry_run",
+    "max_shard_size",
+    "overwrite",
+    "threads",
+    "revision",
+    "config_set",
+    "progress",
+)
+
+
+def _run_options(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The keywords of :func:`run` among a verb function's arguments."""
+    return {k: arguments[k] for k in _RUN_KEYWORDS if k in arguments}

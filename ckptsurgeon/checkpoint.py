@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .config import read_config
+from .config_json import read_config
 from .errors import (
     CheckpointNotFoundError,
     CkptSurgeonError,

@@ -20,7 +20,7 @@ from . import __version__, interrupts
 from .dtypes import numel_of
 from .errors import CkptSurgeonError
 from .ops import OPERATIONS, Operation, Option
-from .ops.base import EXCLUDE, PATTERNS, STRIP_PREFIX
+from .ops.base import CONFIG_SET, EXCLUDE, PATTERNS, STRIP_PREFIX
 from .sizes import format_size, parse_size
 
 EXIT_ERROR = 2
@@ -261,7 +261,7 @@ def _fmt(x: float | None) -> str:
 def _click_option(opt: Option, *, key: str | None = None) -> Any:
     """The click option for one operation option (its single definition in ``ops``)."""
     kwargs: dict[str, Any] = {"help": opt.help, "metavar": opt.metavar}
-    if opt.kind in ("patterns", "strings"):
+    if opt.kind in ("patterns", "strings", "mapping"):
         kwargs["multiple"] = True
     elif opt.kind == "pairs":
         kwargs.update(multiple=True, nargs=2)
@@ -301,6 +301,7 @@ def _write_options(f: Any) -> Any:
         help="Threads for random values and casts [default: the CPUs this process may use].",
     )(f)
     f = click.option("--json", "as_json", is_flag=True, help="Print the plan/result as JSON.")(f)
+    f = _click_option(CONFIG_SET)(f)
     f = click.option(
         "--overwrite",
         is_flag=True,
@@ -362,6 +363,7 @@ def _verb_command(operation: Operation) -> None:
         as_json: bool,
         threads: int | None,
         revision: str | None,
+        config_set: tuple[str, ...],
         **values: Any,
     ) -> None:
         from .api import verb_recipe
@@ -372,7 +374,7 @@ def _verb_command(operation: Operation) -> None:
         recipe = verb_recipe(operation.name, values, labels=flags)
         _run_and_report(
             recipe, src, dest, operation.name, strip, dry_run, max_shard_size, overwrite,
-            as_json, threads, revision,
+            as_json, threads, revision, config_set,
         )  # fmt: skip
 
     details = _DETAILS.get(operation.name, "")
@@ -399,7 +401,7 @@ for _operation in OPERATIONS.values():
 @_write_options
 def apply_cmd(
     recipe: str, src: str, dest: str, dry_run: bool, max_shard_size: int, overwrite: bool,
-    as_json: bool, threads: int | None, revision: str | None,
+    as_json: bool, threads: int | None, revision: str | None, config_set: tuple[str, ...],
 ) -> None:  # fmt: skip
     """Run the steps of RECIPE (YAML or JSON) over SRC in one streaming pass; write DEST.
 
@@ -412,7 +414,7 @@ def apply_cmd(
 
     _run_and_report(
         Recipe.load(recipe), src, dest, "apply", (), dry_run, max_shard_size, overwrite,
-        as_json, threads, revision,
+        as_json, threads, revision, config_set,
     )  # fmt: skip
 
 
@@ -428,6 +430,7 @@ def _run_and_report(
     as_json: bool,
     threads: int | None,
     revision: str | None,
+    config_set: Sequence[str] = (),
 ) -> None:
     """Every writing command: run its recipe with a progress bar, then render the result."""
     from .api import run
@@ -445,6 +448,7 @@ def _run_and_report(
             threads=threads,
             progress=bar,
             revision=revision,
+            config_set=list(config_set),
         )
     _report(result, as_json, dry_run=dry_run)
 
@@ -596,7 +600,7 @@ def verify_cmd(
 )
 @click.option(
     "--plot",
-    "plot_file",
+    "plot",
     metavar="FILE",
     help="Also draw a heatmap of the change by layer and module (.png, .svg or .html).",
 )
@@ -616,7 +620,7 @@ def diff_cmd(
     strip_prefix_b: str | None,
     normalize: bool,
     ignore_dtype: bool,
-    plot_file: str | None,
+    plot: str | None,
     show_all: bool,
     as_json: bool,
 ) -> None:
@@ -641,14 +645,11 @@ def diff_cmd(
             strip_prefix_b=strip_prefix_b,
             normalize=normalize,
             ignore_dtype=ignore_dtype,
+            plot=plot,
             on_bytes=bar,
         )
     status = 0 if result.identical else 1
     ctx.obj["exit_code"] = status  # kept when the reader closes the pipe early
-    if plot_file is not None:
-        from .plot import write_plot
-
-        write_plot(result, plot_file)
     if as_json:
         emit_json(result.to_json(include_all=show_all))
     else:

@@ -156,6 +156,7 @@ def diff(
     strip_prefix_b: str | None = None,
     normalize: bool = False,
     ignore_dtype: bool = False,
+    plot: str | os.PathLike[str] | None = None,
     progress: Callable[[str], None] | None = None,
     on_bytes: Callable[[int, int], None] | None = None,
 ) -> DiffResult:
@@ -163,8 +164,10 @@ def diff(
 
     ``ignore_dtype`` compares values across dtypes (both upcast to float64) and gives them
     ``identical``/``close``/``changed`` by value instead of ``dtype_mismatch``: a correct bf16
-    cast is ``close`` within ``atol=1e-2``. ``progress(name)`` is called before each tensor
-    is compared, ``on_bytes(bytes_now, total_bytes)`` after (bytes of both sides).
+    cast is ``close`` within ``atol=1e-2``. ``plot`` also draws the change by layer and module
+    to that file (.png, .svg or .html; :func:`ckptsurgeon.write_plot`). ``progress(name)`` is
+    called before each tensor is compared, ``on_bytes(bytes_now, total_bytes)`` after (bytes
+    of both sides).
 
     >>> result = diff("bert/", "bert-top3/")        # doctest: +SKIP
     >>> result.summary                              # doctest: +SKIP
@@ -216,7 +219,12 @@ def diff(
                 )
                 if on_bytes is not None:
                     on_bytes(map_a[name].nbytes + map_b[name].nbytes, total)
-    return DiffResult(ca, cb, tuple(results[n] for n in order))
+    result = DiffResult(ca, cb, tuple(results[n] for n in order))
+    if plot is not None:
+        from .plot import write_plot
+
+        write_plot(result, plot)
+    return result
 
 
 def _header_diff(name: str, status: str, ta: TensorInfo, tb: TensorInfo) -> TensorDiff:

@@ -193,7 +193,8 @@ class Plan:
         """The command: the verb for a one-step plan, else ``apply``."""
         if self.verb:
             return self.verb
-        return str(self.steps[0]["op"]) if len(self.steps) == 1 else "apply"
+        ops = [s["op"] for s in self.steps if s["op"] != "config"] or ["config"]
+        return str(ops[0]) if len(self.steps) == 1 else "apply"
 
     @property
     def seed(self) -> int | None:
@@ -248,6 +249,9 @@ class Plan:
         arguments = {k: v for k, v in self.steps[0].items() if k != "op"}
         if self.input_strip:
             arguments["strip_prefix"] = list(self.input_strip)
+        for step in self.steps[1:]:  # a verb's --config-set
+            if step["op"] == "config":
+                arguments["config_set"] = {**arguments.get("config_set", {}), **step["set"]}
         return {"operation": self.operation, "arguments": arguments}
 
     def metadata(self) -> dict[str, str]:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .checkpoint import wrapper_hint
-from .config import LAYER_COUNT_KEYS
+from .config_json import LAYER_COUNT_KEYS
 from .errors import PatternError, SelectionError
 from .patterns import as_patterns, select
 

@@ -259,7 +259,10 @@ def _against(path: Path, src: str | os.PathLike[str]) -> Check:
     else:
         arguments = dict(record.get("arguments", {}))
         strip = list(arguments.pop("strip_prefix", []) or [])
+        config_set = arguments.pop("config_set", None)
         steps = [{"op": record.get("operation"), **arguments}]
+        if config_set:
+            steps.append({"op": "config", "set": config_set})
     source = strip_prefixes(open_checkpoint(src), strip)
     plan = plan_recipe(Recipe.parse(steps), source)
     unchanged = [t for t in plan.tensors if t.action in ("keep", "rename")]

@@ -247,3 +247,43 @@ def test_help_summary_names_every_command_and_reinit_says_how_it_chooses_rules()
     assert "by the model's own rules (or BERT's)" in reinit
     assert "with BERT's rules" not in reinit
     assert "--rules auto (default) takes BERT's rules for the BERT family" in reinit
+
+
+# options that only change how the CLI renders (the API returns data): --json, --all, -q
+RENDER_ONLY = {"as_json", "show_all", "quiet", "help"}
+
+
+def test_every_option_of_every_command_is_a_keyword_of_its_api_function():
+    """The API had drifted from the CLI (cast without threads, no revision anywhere, verify
+    and the plot not at the top level). Walk the CLI: each command's function of the same
+    name takes every option under the option's name."""
+    import inspect
+
+    import ckptsurgeon
+
+    for name, command in sorted(main.commands.items()):
+        function = getattr(ckptsurgeon, name.replace("-", "_"))
+        assert name.replace("-", "_") in ckptsurgeon.__all__, name
+        keywords = inspect.signature(function).parameters
+        for param in command.params:
+            if param.name in RENDER_ONLY:
+                continue
+            assert param.name in keywords, f"{name}: {param.name}"
+    assert callable(ckptsurgeon.write_plot) and callable(ckptsurgeon.verify)
+
+
+def test_public_names_and_a_plan_without_dest(model_store, tmp_path):
+    import ckptsurgeon
+
+    shown = dir(ckptsurgeon)
+    assert shown == sorted(ckptsurgeon.__all__)
+    assert not {"Any", "TYPE_CHECKING", "importlib", "annotations"} & set(shown)
+    src = model_store("bert")
+    res = ckptsurgeon.drop(src, patterns="cls.*", dry_run=True)  # no DEST: the plan alone
+    assert res.written is None and res.plan.count("drop") == 5 and res.plan.destination == ""
+    res = ckptsurgeon.cast(src, dtype="bf16", dry_run=True, threads=1, revision=None)
+    assert res.plan.count("cast") > 0
+    with pytest.raises(ckptsurgeon.DestinationError, match="no destination given"):
+        ckptsurgeon.convert(src)
+    res = ckptsurgeon.diff(src, src, plot=tmp_path / "p.svg")
+    assert res.identical and (tmp_path / "p.svg").read_text().startswith("<?xml")

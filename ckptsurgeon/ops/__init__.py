@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .base import Operation, Option
 from .cast import CAST
+from .config import CONFIG
 from .convert import CONVERT
 from .drop import DROP
 from .layers import LAYERS
@@ -16,7 +17,7 @@ from .rename import RENAME
 from .vocab import RESIZE_VOCAB
 
 OPERATIONS: dict[str, Operation] = {
-    op.name: op for op in (CONVERT, DROP, REINIT, CAST, RENAME, LAYERS, RESIZE_VOCAB)
+    op.name: op for op in (CONVERT, DROP, REINIT, CAST, RENAME, LAYERS, RESIZE_VOCAB, CONFIG)
 }
 
 __all__ = ["OPERATIONS", "Operation", "Option"]

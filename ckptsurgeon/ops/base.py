@@ -18,7 +18,8 @@ from ..patterns import as_patterns
 from ..plan import Plan
 
 # kinds: "patterns"/"strings" (a list of strings; a bare string is one), "pairs" (a list of
-# [A, B] string pairs), "int", "float", "bool", "choice"
+# [A, B] string pairs), "mapping" (KEY: value; KEY=JSON strings on the CLI), "int", "float",
+# "bool", "choice"
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class Option:
 
     @property
     def multiple(self) -> bool:
-        return self.kind in ("patterns", "strings", "pairs")
+        return self.kind in ("patterns", "strings", "pairs", "mapping")
 
     def check(self, value: Any, where: str, label: str = "") -> Any:
         """The value normalised (lists as lists), or :class:`RecipeError` naming ``where`` (the
@@ -52,6 +53,8 @@ class Option:
         if value is None:
             if self.required:
                 raise RecipeError(f"{label} is required", where, "give a value")
+            if self.kind == "mapping":
+                return {}
             return [] if self.multiple else self.default
         if self.kind == "str":
             if not isinstance(value, str):
@@ -87,6 +90,14 @@ class Option:
             ):
                 raise bad("a list of [PATTERN, REPLACEMENT] pairs of strings")
             return [[p[0], p[1]] for p in pairs]
+        if self.kind == "mapping":  # {KEY: any JSON value}; the CLI gives KEY=JSON strings
+            if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+                from .config import parse_assignments
+
+                return parse_assignments(value, label)
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                raise bad("a mapping of config.json keys to values")
+            return dict(value)
         if self.kind == "bool":
             if not isinstance(value, bool):
                 raise bad("true or false")
@@ -120,6 +131,14 @@ PATTERNS: Option = Option(
     "patterns",
     "Glob over full tensor names, brace expansion allowed; repeat for a union.",
     metavar="PATTERN",
+)
+CONFIG_SET: Option = Option(
+    "config_set",
+    ("--config-set",),
+    "mapping",
+    "Also set config.json KEY to the JSON value, e.g. 'architectures=[\"BertModel\"]' "
+    "(dotted KEY: a sub-config's key); repeatable.",
+    metavar="KEY=JSON",
 )
 STRIP_PREFIX: Option = Option(
     "strip_prefix",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 from ..errors import SelectionError
@@ -40,6 +41,32 @@ def plan_drop(plan: Plan, patterns: list[str], exclude: list[str]) -> Plan:
             "narrow -p, or add -x for what to keep",
         )
     return replace(plan, tensors=kept, dropped=(*plan.dropped, *dropped)).warn(*warnings)
+
+
+_HEAD_CLASS_RE = re.compile(r"(For[A-Z]\w*|LMHeadModel|WithLMHead\w*)$")
+
+
+def dropped_head_hint(plan: Plan) -> str | None:
+    """When the plan drops a whole top-level module (``cls.*``) and config.json's
+    ``architectures`` still names a class with a head, the command that says what the output
+    now is: ``--config-set 'architectures=["BertModel"]'``."""
+    names = (plan.config or {}).get("architectures")
+    if not plan.dropped or not isinstance(names, list) or not names:
+        return None
+    arch = names[0]
+    if not isinstance(arch, str) or not _HEAD_CLASS_RE.search(arch):
+        return None
+    kept = {t.name.split(".", 1)[0] for t in plan.tensors}
+    gone = sorted({t.name.split(".", 1)[0] for t in plan.dropped} - kept)
+    if not gone:
+        return None
+    base = _HEAD_CLASS_RE.sub("Model", arch)
+    return (
+        f"the dropped {', '.join(g + '.*' for g in gone)} held the head of {arch}, which "
+        "config.json's architectures still names: from_pretrained and verify would build that "
+        f"head anew; to ship the base model add --config-set 'architectures=[\"{base}\"]' "
+        f"(a recipe: {{op: config, set: {{architectures: [{base}]}}}})"
+    )
 
 
 DROP = Operation(
