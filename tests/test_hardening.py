@@ -229,7 +229,11 @@ def test_sigkill_at_random_points_leaves_nothing_half_written(tmp_path):
     for _ in range(6):
         _kill_during_write(overwrite, out / ".dest.ckptsurgeon-tmp", rng.uniform(0, 0.4))
         assert tree_hash(dest) in (previous, new)
-        assert set(leftovers(out)) <= {".dest.ckptsurgeon-tmp", ".dest.ckptsurgeon-old", ".dest.ckptsurgeon-lock"}
+        assert set(leftovers(out)) <= {
+            ".dest.ckptsurgeon-tmp",
+            ".dest.ckptsurgeon-old",
+            ".dest.ckptsurgeon-lock",
+        }
     assert tree_hash(src) == src_hash
 
 
