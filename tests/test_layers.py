@@ -412,3 +412,22 @@ def test_modernbert_first_layer_without_attn_norm_is_refused_or_kept_first(moder
     _, info = _load(tf.ModernBertForMaskedLM, tmp_path / "out")
     assert info["missing_keys"] == [] and info["unexpected_keys"] == []
     _check_layers(modernbert, tmp_path / "out", "model.layers", [0, 2, 2])
+
+
+@pytest.mark.roundtrip
+def test_longt5_global_relative_bias_follows_the_first_block_too(tmp_path):
+    import transformers as tf
+
+    cfg = tf.LongT5Config(
+        d_model=32, d_ff=37, num_layers=3, num_decoder_layers=2, num_heads=4, d_kv=8,
+        vocab_size=99, encoder_attention_type="transient-global",
+    )  # fmt: skip
+    tf.LongT5ForConditionalGeneration(cfg).save_pretrained(tmp_path / "src")
+    layers(tmp_path / "src", tmp_path / "out", keep=[2, 1], stack="encoder.block")
+    _, info = _load(tf.LongT5ForConditionalGeneration, tmp_path / "out")
+    assert info["missing_keys"] == [] and info["unexpected_keys"] == []
+    old, new = reference_state(tmp_path / "src"), reference_state(tmp_path / "out")
+    for bias, stacks in (("global_relative_attention_bias", 1), ("relative_attention_bias", 2)):
+        name = f"encoder.block.0.layer.0.TransientGlobalSelfAttention.{bias}.weight"
+        assert_bitwise_equal(new[name], old[name], name)
+        assert sum(n.endswith(f".{bias}.weight") for n in new) == stacks  # block 0s only

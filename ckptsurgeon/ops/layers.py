@@ -120,7 +120,7 @@ def plan_layers(
 
 # Tensors that only the first block of a stack stores and every block uses: T5's (mT5's,
 # LongT5's, Switch's) relative position bias lives in block 0 of each stack.
-_SHARED_FIRST_RE = re.compile(r"(^|\.)relative_attention_bias\.weight$")
+_SHARED_FIRST_RE = re.compile(r"relative_attention_bias\.weight$")  # LongT5: global_relative_...
 
 
 def _rest(layer_re: re.Pattern[str], t: PlannedTensor) -> str:
