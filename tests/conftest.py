@@ -229,3 +229,50 @@ def peak_rss_mib(argv: list[str]) -> tuple[int, float]:
     )
     rc, rss = out.stdout.split()
     return int(rc), float(rss)
+
+
+def tiny_clip(text_layers: int = 2, vision_layers: int = 1, **text: Any) -> Any:
+    """A tiny CLIPModel (two towers: two layer stacks, a text_config.vocab_size of 99)."""
+    import transformers as tf
+
+    text_config = {
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": text_layers,
+        "num_attention_heads": 4,
+        "vocab_size": 99,
+        "max_position_embeddings": 16,
+        **text,
+    }
+    vision_config = {
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": vision_layers,
+        "num_attention_heads": 4,
+        "image_size": 8,
+        "patch_size": 4,
+    }
+    return tf.CLIPModel(
+        tf.CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=16)
+    )  # fmt: skip
+
+
+def tiny_modernbert(layers: int = 3) -> Any:
+    """A tiny ModernBertForMaskedLM (its layer 0 has no attn_norm; its head bias decoder.bias)."""
+    import transformers as tf
+
+    cfg = tf.ModernBertConfig(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=layers, num_attention_heads=4,
+        vocab_size=99, pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1,
+        sep_token_id=2,
+    )  # fmt: skip
+    return tf.ModernBertForMaskedLM(cfg)
+
+
+def save_models(base: Path, models: dict[str, Any]) -> dict[str, tuple[Path, Any]]:
+    """``save_pretrained`` each model under ``base/name``: ``{name: (path, class)}``."""
+    out = {}
+    for name, model in models.items():
+        model.save_pretrained(base / name)
+        out[name] = (base / name, type(model))
+    return out

@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_bitwise_equal, model_class, reference_state
+from conftest import (
+    assert_bitwise_equal,
+    model_class,
+    reference_state,
+    save_models,
+    tiny_clip,
+    tiny_modernbert,
+)
 from test_hardening import assert_clean_error, cli, leftovers
 
 from ckptsurgeon import apply, layers, open_checkpoint
@@ -275,18 +282,7 @@ def t5_and_clip(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pat
             vocab_size=99,
         )
     )
-    clip = tf.CLIPModel(
-        tf.CLIPConfig(
-            text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 3, "num_attention_heads": 4, "vocab_size": 99, "max_position_embeddings": 16},
-            vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": 8, "patch_size": 4},
-            projection_dim=16,
-        )
-    )  # fmt: skip
-    out = {}
-    for name, model in (("t5", t5), ("clip", clip)):
-        model.save_pretrained(base / name)
-        out[name] = (base / name, type(model))
-    return out
+    return save_models(base, {"t5": t5, "clip": tiny_clip(text_layers=3, vision_layers=2)})
 
 
 @pytest.mark.roundtrip
@@ -382,16 +378,10 @@ def test_t5_relative_attention_bias_stays_with_the_new_first_block(
 @pytest.fixture(scope="module")
 def modernbert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
-    import transformers as tf
 
     torch.manual_seed(0)
-    cfg = tf.ModernBertConfig(
-        hidden_size=32, intermediate_size=37, num_hidden_layers=3, num_attention_heads=4,
-        vocab_size=99, pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1,
-        sep_token_id=2,
-    )  # fmt: skip
     path = tmp_path_factory.mktemp("modernbert") / "mb"
-    tf.ModernBertForMaskedLM(cfg).save_pretrained(path)
+    tiny_modernbert().save_pretrained(path)
     return path
 
 

@@ -139,3 +139,47 @@ if __name__ == "__main__" and "--write" in sys.argv:
     _, tail = rest.split(END, 1)
     README.write_text(f"{head}{BEGIN}\n{help_reference()}\n{END}{tail}")
     print("README.md reference updated")
+
+
+def _transcript_blocks(text: str) -> list[str]:
+    """The ```text blocks that show a test run (``collected N items``)."""
+    return [b for b in re.findall(r"```text\n(.*?)```", text, re.S) if "collected " in b]
+
+
+def _collected(shared: str | None) -> dict[str, int]:
+    """Tests per file as pytest collects them here (``shared``: where ../shared is taken
+    from; a path that does not exist stands for a clone without it)."""
+    env = dict(os.environ)
+    if shared is not None:
+        env["CKPTSURGEON_SHARED"] = shared
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    counts: dict[str, int] = {}
+    for line in proc.stdout.splitlines():
+        if "::" in line:
+            name = line.split("::", 1)[0]
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def test_the_test_transcripts_are_what_this_tree_collects(tmp_path):
+    """The README's test transcript said 468 tests where a fresh clone collected 454: each
+    transcript's files and counts must be what pytest collects, with ../shared (the first) and
+    without it (the second)."""
+    from conftest import REAL
+
+    blocks = _transcript_blocks(README.read_text())
+    assert len(blocks) == 2, "a transcript with ../shared and one without"
+    for block, shared in zip(blocks, (None, str(tmp_path / "no-shared")), strict=True):
+        if shared is None and not REAL.is_dir():
+            continue  # this tree has no ../shared beside it: only the second can be checked
+        shown = {
+            m.group(1): len(m.group(2))
+            for m in re.finditer(r"^(tests/\S+\.py) ([.sFEx]+)\s+\[", block, re.M)
+        }
+        total = int(re.search(r"collected (\d+) items", block).group(1))  # type: ignore[union-attr]
+        counts = _collected(shared)
+        assert shown == counts, "run the suite in a fresh clone and paste its output"
+        assert total == sum(counts.values())

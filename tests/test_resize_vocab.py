@@ -6,7 +6,14 @@ import json
 from typing import Any
 
 import pytest
-from conftest import assert_bitwise_equal, load_model, reference_state
+from conftest import (
+    assert_bitwise_equal,
+    load_model,
+    reference_state,
+    save_models,
+    tiny_clip,
+    tiny_modernbert,
+)
 from test_hardening import assert_clean_error, cli, leftovers, tree_hash
 
 from ckptsurgeon import apply, resize_vocab
@@ -143,31 +150,14 @@ def test_resize_errors(model_store, tmp_path, family, args, message):
 @pytest.fixture(scope="module")
 def modernbert_and_clip(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, Any]]:
     import torch
-    import transformers as tf
 
     torch.manual_seed(0)
     base = tmp_path_factory.mktemp("vocab-archs")
-    mb = tf.ModernBertForMaskedLM(
-        tf.ModernBertConfig(
-            hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-            vocab_size=99, pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1,
-            sep_token_id=2,
-        )
-    )  # fmt: skip
+    mb = tiny_modernbert(layers=2)
     with torch.no_grad():
         mb.decoder.bias.add_(torch.randn_like(mb.decoder.bias))
-    clip = tf.CLIPModel(
-        tf.CLIPConfig(
-            text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 99, "max_position_embeddings": 16, "pad_token_id": 1, "bos_token_id": 2, "eos_token_id": 3},
-            vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 4, "image_size": 8, "patch_size": 4},
-            projection_dim=16,
-        )
-    )  # fmt: skip
-    out = {}
-    for name, model in (("modernbert", mb), ("clip", clip)):
-        model.save_pretrained(base / name)
-        out[name] = (base / name, type(model))
-    return out
+    clip = tiny_clip(pad_token_id=1, bos_token_id=2, eos_token_id=3)
+    return save_models(base, {"modernbert": mb, "clip": clip})
 
 
 @pytest.mark.roundtrip
