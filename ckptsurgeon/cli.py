@@ -21,6 +21,7 @@ from .dtypes import numel_of
 from .errors import CkptSurgeonError
 from .ops import OPERATIONS, Operation, Option
 from .ops.base import CONFIG_SET, EXCLUDE, PATTERNS, STRIP_PREFIX
+from .plan import PAST_TENSE
 from .sizes import format_size, parse_size
 
 EXIT_ERROR = 2
@@ -218,6 +219,11 @@ def _quiet_option(f: Any) -> Any:
     )(f)
 
 
+def _json_option(what: str) -> Any:
+    """``--json``: the one definition every command's JSON switch is built from."""
+    return click.option("--json", "as_json", is_flag=True, help=f"Print {what} as JSON.")
+
+
 def emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
 
@@ -300,7 +306,7 @@ def _write_options(f: Any) -> Any:
         metavar="N",
         help="Threads for random values and casts [default: the CPUs this process may use].",
     )(f)
-    f = click.option("--json", "as_json", is_flag=True, help="Print the plan/result as JSON.")(f)
+    f = _json_option("the plan and the result")(f)
     f = _click_option(CONFIG_SET)(f)
     f = click.option(
         "--overwrite",
@@ -320,39 +326,10 @@ def _write_options(f: Any) -> Any:
     return f
 
 
-# The help below the first line of each verb (the first line is the operation's summary).
-_DETAILS = {
-    "convert": "DEST ending in .safetensors is written as that single file; otherwise DEST is a "
-    "model directory (sharded past --max-shard-size) with SRC's other files copied beside the "
-    "weights.",
-    "reinit": "--rules auto (default) takes BERT's rules for the BERT family and the model's "
-    "own init (its _init_weights, run by transformers) for every other architecture. BERT's "
-    "rules: LayerNorm weight 1, bias 0; every other bias 0; embeddings N(0, std) with the "
-    "padding row zeroed; every other floating weight of rank >= 2 N(0, std). Integer buffers "
-    "are skipped. --dry-run names each tensor's rule. Unselected tensors are copied bit for "
-    "bit.",
-    "cast": "Default: every floating tensor; -p/-x narrow it. Integer and bool tensors are "
-    "never cast. Values are bit-identical to torch's tensor.to(dtype) (round to nearest even, "
-    "NaN and Inf kept); config.json's dtype is set when every floating tensor ends up cast.",
-    "layers": "LIST is indices and inclusive ranges: 0,2,4,7,9,11 or 0-5. --keep gives the new "
-    "order (repeats allowed: 0-7,4-11 copies blocks 4-7 twice); --drop removes. The stack is "
-    "found as --top-layers finds it; --stack PREFIX chooses one when there are several. Kept "
-    "blocks are renumbered 0..k-1 and copied byte for byte; config.json's layer count and "
-    "per-layer lists follow.",
-    "resize-vocab": "Resizes the word embeddings, an untied output head and the head bias; a "
-    "tied head follows its embeddings. Shrinking keeps the first N rows; new rows are the mean "
-    "of the existing rows (--init mean) or N(0, initializer_range) (--init normal, seeded like "
-    "reinit); new bias entries are 0. A pad_token_id that no longer fits is an error.",
-    "rename": "In this order: --strip-prefix, each --sub, --add-prefix. Tied aliases are renamed "
-    "with their canonical tensor. Two names becoming one, an empty name and a rename that "
-    "changes nothing are errors.",
-}
-
-
 def _verb_command(operation: Operation) -> None:
     """Add the CLI verb of an operation: SRC DEST, its options, the write options."""
     flags = {o.key: o.flags[-1] for o in operation.options}
-    takes_strip = operation.name in ("convert", "drop", "reinit")
+    takes_strip = operation.strip_prefix
 
     def callback(
         src: str,
@@ -377,7 +354,7 @@ def _verb_command(operation: Operation) -> None:
             as_json, threads, revision, config_set,
         )  # fmt: skip
 
-    details = _DETAILS.get(operation.name, "")
+    details = operation.details
     callback.__doc__ = operation.summary + (f"\n\n{details}" if details else "")
     command: Any = callback
     command = _write_options(command)
@@ -458,7 +435,7 @@ def _run_and_report(
 @_click_option(PATTERNS)
 @_quiet_option
 @_revision_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@_json_option("one object instead of text")
 @click.option(
     "--stats", is_flag=True, help="Add mean, std, min, max, NaN and Inf counts (reads the data)."
 )
@@ -520,7 +497,7 @@ def inspect_cmd(
     help="Glob of keys that may be missing (and must be); repeatable.",
 )
 @click.option("--against", metavar="SRC", help="Check that every unchanged tensor equals SRC's.")
-@click.option("--json", "as_json", is_flag=True, help="Print every check as JSON.")
+@_json_option("every check")
 @_quiet_option
 @click.pass_context
 def verify_cmd(
@@ -605,7 +582,7 @@ def verify_cmd(
     help="Also draw a heatmap of the change by layer and module (.png, .svg or .html).",
 )
 @click.option("--all", "show_all", is_flag=True, help="List every tensor, identical ones too.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_json_option("one object")
 @click.pass_context
 def diff_cmd(
     ctx: click.Context,
@@ -710,26 +687,20 @@ def _pair(x: str | None, y: str | None) -> str:
     return f"{x or '-'} -> {y or '-'}"
 
 
-_PAST = {
-    "drop": "dropped",
-    "reinit": "re-initialised",
-    "resize": "resized",
-    "cast": "cast",
-    "rename": "renamed",
-}
-
-
 def _summary(plan: Any) -> str:
+    from .ops import OPERATIONS
+
     if plan.operation == "convert":
         return f"{len(plan.tensors)} tensors converted"
-    action = {"resize-vocab": "resize"}.get(plan.operation, plan.operation)
-    if action in _PAST:
+    operation = OPERATIONS.get(plan.operation)
+    action = operation.action if operation is not None else None
+    if action is not None:
         changed = [t for t in plan.changed() if _action(plan, t) == action]
         params = sum(numel_of(t.shape) for t in changed)
         kept = len(plan.tensors) - (0 if action == "drop" else len(changed))
-        text = f"{len(changed)} tensors {_PAST[action]} ({params:,} parameters), {kept} kept"
+        text = f"{len(changed)} tensors {PAST_TENSE[action]} ({params:,} parameters), {kept} kept"
     else:
-        counts = [f"{plan.count(a)} {_PAST[a]}" for a in _PAST if plan.count(a)]
+        counts = [f"{plan.count(a)} {PAST_TENSE[a]}" for a in PAST_TENSE if plan.count(a)]
         text = ", ".join([*counts, f"{plan.count('keep')} kept"])
     if plan.skipped:
         text += f", {len(plan.skipped)} skipped"
@@ -765,7 +736,7 @@ def _report(result: Any, as_json: bool, *, dry_run: bool) -> None:
         ]
         click.echo(_table(rows, ["name", "action", "source", "dtype", "shape"]))
     elif changed:
-        for action in _PAST:
+        for action in PAST_TENSE:
             names = [t.name for t in changed if _action(plan, t) == action]
             if names:
                 groups = group_names(names)

@@ -20,6 +20,15 @@ from .dtypes import nbytes_of
 from .init_rules import Rule
 from .sidefiles import SideFiles
 
+# What happens to a tensor (PlannedTensor.action, and "drop"), in the past tense for summaries
+PAST_TENSE = {
+    "drop": "dropped",
+    "reinit": "re-initialised",
+    "resize": "resized",
+    "cast": "cast",
+    "rename": "renamed",
+}
+
 
 @dataclass(frozen=True)
 class Copy:

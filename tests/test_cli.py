@@ -203,7 +203,17 @@ def test_module_entry_point_and_version():
 
 
 def test_help_does_not_import_torch():
-    code = "import sys\nfrom ckptsurgeon.cli import main\nassert 'torch' not in sys.modules\n"
+    """``--help`` of the group and of every command: no torch, no transformers, no numpy."""
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from ckptsurgeon.cli import main\n"
+        "for args in [[], *([name] for name in sorted(main.commands))]:\n"
+        "    r = CliRunner().invoke(main, [*args, '--help'])\n"
+        "    assert r.exit_code == 0 and 'Usage:' in r.stdout, (args, r.output)\n"
+        "heavy = {'torch', 'transformers', 'numpy'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
 
 

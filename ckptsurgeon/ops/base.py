@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import RecipeError, echo
 from ..patterns import as_patterns
 from ..plan import Plan
+from .layer_lists import parse_layer_list
 
 # kinds: "patterns"/"strings" (a list of strings; a bare string is one), "pairs" (a list of
 # [A, B] string pairs), "mapping" (KEY: value; KEY=JSON strings on the CLI), "int", "float",
@@ -61,8 +62,6 @@ class Option:
                 raise bad("a string")
             return value
         if self.kind == "layers":  # "0,2,4-6" or [0, 2, "4-6"]: checked, kept as a list
-            from .layers import parse_layer_list
-
             ok = isinstance(value, str) or (
                 isinstance(value, list) and all(isinstance(v, int | str) for v in value)
             )
@@ -174,6 +173,9 @@ class Operation:
     summary: str  # first line of --help
     options: tuple[Option, ...]
     apply: Callable[..., Plan]  # apply(plan, **options) -> plan
+    details: str = ""  # the rest of --help
+    strip_prefix: bool = False  # the verb also takes --strip-prefix (reads SRC's names stripped)
+    action: str | None = None  # the plan action its tensors get, for the summary ("drop"...)
 
     def option(self, key: str) -> Option:
         return next(o for o in self.options if o.key == key)

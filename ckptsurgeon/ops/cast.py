@@ -80,4 +80,10 @@ CAST = Operation(
         EXCLUDE,
     ),
     plan_cast,
+    details=(
+        "Default: every floating tensor; -p/-x narrow it. Integer and bool tensors are never "
+        "cast. Values are bit-identical to torch's tensor.to(dtype) (round to nearest even, NaN "
+        "and Inf kept); config.json's dtype is set when every floating tensor ends up cast."
+    ),
+    action="cast",
 )

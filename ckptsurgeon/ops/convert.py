@@ -22,4 +22,10 @@ CONVERT = Operation(
     "Rewrite SRC as safetensors at DEST with every value unchanged.",
     (),
     plan_convert,
+    details=(
+        "DEST ending in .safetensors is written as that single file; otherwise DEST is a model "
+        "directory (sharded past --max-shard-size) with SRC's other files copied beside the "
+        "weights."
+    ),
+    strip_prefix=True,
 )

@@ -74,4 +74,6 @@ DROP = Operation(
     "Write SRC without the selected tensors, so from_pretrained initialises them itself.",
     (PATTERNS, EXCLUDE),
     plan_drop,
+    strip_prefix=True,
+    action="drop",
 )

@@ -10,41 +10,13 @@ layer count (``num_hidden_layers``, ``n_layer``, ``num_layers``, ``n_layers``; T
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from ..errors import RecipeError, SelectionError
+from ..errors import SelectionError
 from ..plan import Plan, PlannedTensor
 from ..selection import config_get, config_layer_key, resolve_stack
 from .base import Operation, Option
-
-_ITEM_RE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
-
-
-def parse_layer_list(value: str | Sequence[int | str], label: str = "LIST") -> list[int]:
-    """``"0,2,4-6"`` or ``[0, 2, "4-6"]`` -> ``[0, 2, 4, 5, 6]`` (inclusive ranges, order kept)."""
-    items = value.split(",") if isinstance(value, str) else list(value)
-    out: list[int] = []
-    for item in items:
-        if isinstance(item, int) and not isinstance(item, bool):
-            out.append(item)
-            continue
-        match = _ITEM_RE.match(item) if isinstance(item, str) else None
-        if match is None:
-            raise RecipeError(
-                f"{label} item {item!r} is not an index or a range",
-                str(value),
-                "write indices and inclusive ranges: 0,2,4-6",
-            )
-        lo = int(match.group(1))
-        hi = int(match.group(2)) if match.group(2) is not None else lo
-        if hi < lo:
-            raise RecipeError(
-                f"{label} range {item!r} runs backwards", str(value), f"write {hi}-{lo}"
-            )
-        out.extend(range(lo, hi + 1))
-    return out
 
 
 def plan_layers(
@@ -210,4 +182,11 @@ LAYERS = Operation(
         ),
     ),
     plan_layers,
+    details=(
+        "LIST is indices and inclusive ranges: 0,2,4,7,9,11 or 0-5. --keep gives the new order "
+        "(repeats allowed: 0-7,4-11 copies blocks 4-7 twice); --drop removes. The stack is found "
+        "as --top-layers finds it; --stack PREFIX chooses one when there are several. Kept blocks "
+        "are renumbered 0..k-1 and copied byte for byte; config.json's layer count and per-layer "
+        "lists follow."
+    ),
 )

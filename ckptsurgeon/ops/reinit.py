@@ -149,4 +149,13 @@ REINIT = Operation(
         ),
     ),
     plan_reinit,
+    details=(
+        "--rules auto (default) takes BERT's rules for the BERT family and the model's own init "
+        "(its _init_weights, run by transformers) for every other architecture. BERT's rules: "
+        "LayerNorm weight 1, bias 0; every other bias 0; embeddings N(0, std) with the padding "
+        "row zeroed; every other floating weight of rank >= 2 N(0, std). Integer buffers are "
+        "skipped. --dry-run names each tensor's rule. Unselected tensors are copied bit for bit."
+    ),
+    strip_prefix=True,
+    action="reinit",
 )

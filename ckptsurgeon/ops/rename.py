@@ -101,4 +101,10 @@ RENAME = Operation(
         STRIP_PREFIX,
     ),
     plan_rename,
+    details=(
+        "In this order: --strip-prefix, each --sub, --add-prefix. Tied aliases are renamed with "
+        "their canonical tensor. Two names becoming one, an empty name and a rename that changes "
+        "nothing are errors."
+    ),
+    action="rename",
 )

@@ -177,4 +177,12 @@ RESIZE_VOCAB = Operation(
         SEED,
     ),
     plan_resize_vocab,
+    details=(
+        "Resizes the word embeddings, an untied output head and the head bias; a tied head "
+        "follows its embeddings. Shrinking keeps the first N rows; new rows are the mean of the "
+        "existing rows (--init mean) or N(0, initializer_range) (--init normal, seeded like "
+        "reinit); new bias entries are 0. A pad_token_id (or another *_token_id) that no longer "
+        "fits is an error."
+    ),
+    action="resize",
 )
