@@ -30,6 +30,14 @@ from ckptsurgeon.plan import initial_plan
 from ckptsurgeon.safetensors_format import build_header
 
 
+def signals_as_usual() -> None:
+    """In a child about to receive signals: SIGINT, SIGTERM and SIGHUP at their defaults. A test
+    run started in the background by a shell without job control inherits SIGINT ignored (and
+    nohup SIGHUP), which the command rightly keeps: the signal tests would test nothing."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def cli(*args: object):
     r = CliRunner().invoke(main, [str(a) for a in args])
     return r.exit_code, r.stdout, r.stderr, r.exception
@@ -494,7 +502,12 @@ def test_signal_mid_write_removes_the_temp_and_publishes_nothing(tmp_path, sig, 
     out.mkdir()
     dest = out / "dest"
     cmd = [sys.executable, "-m", "ckptsurgeon", "reinit", src, dest, "-p", "encoder.*"]
-    proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        list(map(str, cmd)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=signals_as_usual,
+    )
     deadline = time.monotonic() + 60
     tmp = out / ".dest.ckptsurgeon-tmp"
     while proc.poll() is None and not tmp.exists() and time.monotonic() < deadline:
@@ -532,6 +545,7 @@ def test_an_interrupt_swallowed_by_other_code_still_stops_publication(model_stor
         capture_output=True,
         text=True,
         timeout=120,
+        preexec_fn=signals_as_usual,
     )
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == "Error: interrupted; nothing was written"
@@ -550,7 +564,9 @@ def test_ctrl_c_at_any_moment_of_a_bin_job_publishes_nothing(model_store, tmp_pa
         shutil.rmtree(dest)
     whole = min(durations)
     for i in range(12):  # spread over the first 60% of a job, torch's import included
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=signals_as_usual
+        )
         time.sleep(whole * 0.6 * i / 12)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
@@ -594,7 +610,9 @@ sys.argv = ["ckptsurgeon", "convert", {str(src)!r}, {str(dest)!r}]
 import runpy
 runpy.run_module("ckptsurgeon", run_name="__main__")
 """
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, preexec_fn=signals_as_usual
+    )
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr == "Error: interrupted; nothing was written\n"
     assert not dest.exists() and leftovers(tmp_path) == []
@@ -626,7 +644,9 @@ ckptsurgeon.api.run = run
 sys.argv = ["ckptsurgeon", "convert", {str(src)!r}, {str(dest)!r}]
 main()
 """
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, preexec_fn=signals_as_usual
+    )
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr == "Error: interrupted; nothing was written\n"
     assert not dest.exists() and leftovers(tmp_path) == []
