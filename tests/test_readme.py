@@ -1,6 +1,8 @@
 """The README stays true: its transcripts run as written and its reference matches --help.
 
 Regenerate the reference after changing a command: ``python tests/test_readme.py --write``.
+After changing the tests, run the suite in two fresh clones (one with ../shared beside it, one
+without) and put their outputs in: ``python tests/test_readme.py --test-transcripts A.txt B.txt``.
 """
 
 from __future__ import annotations
@@ -132,13 +134,31 @@ def rewrite_transcripts(text: str) -> str:
     return re.sub(r"```console\n(.*?)```", redo, text, flags=re.S)
 
 
-if __name__ == "__main__" and "--write" in sys.argv:
-    README.write_text(rewrite_transcripts(README.read_text()))
+_ENVIRONMENT_LINES = ("platform ", "rootdir:", "configfile:", "testpaths:", "plugins:", "cachedir:")
+
+
+def write_test_transcripts(with_shared: Path, without: Path) -> None:
+    """Put two pytest outputs of fresh clones (one with ../shared beside it, one without) into
+    the README's test transcripts, leaving out the lines that name this machine."""
+    command = "$ pip install torch==2.13.0 -e '.[test]' && python -m pytest"
     text = README.read_text()
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    README.write_text(f"{head}{BEGIN}\n{help_reference()}\n{END}{tail}")
-    print("README.md reference updated")
+    old = _transcript_blocks(text)
+    new = []
+    for run in (with_shared, without):
+        lines = [ln for ln in run.read_text().splitlines() if not ln.startswith(_ENVIRONMENT_LINES)]
+        new.append(f"{command}\n...\n" + "\n".join(lines).strip() + "\n")
+    for i, block in enumerate(new):
+        if i < len(old):
+            text = text.replace(old[i], block, 1)
+        else:  # the second block goes right after the first
+            anchor = f"```text\n{new[0]}```\n"
+            note = (
+                "\nThe same command in a clone on its own, without `../shared` beside it: the "
+                "two tests over `../shared/real-checkpoints` each collect as one skipped test.\n"
+                f"\n```text\n{block}```\n"
+            )
+            text = text.replace(anchor, anchor + note, 1)
+    README.write_text(text)
 
 
 def _transcript_blocks(text: str) -> list[str]:
@@ -175,13 +195,31 @@ def test_the_test_transcripts_are_what_this_tree_collects(tmp_path):
     for block, shared in zip(blocks, (None, str(tmp_path / "no-shared")), strict=True):
         if shared is None and not REAL.is_dir():
             continue  # this tree has no ../shared beside it: only the second can be checked
-        shown = {
-            m.group(1): len(m.group(2))
-            for m in re.finditer(r"^(tests/\S+\.py) ([.sFEx]+)\s+\[", block, re.M)
-        }
+        shown: dict[str, int] = {}
+        current = ""
+        for line in block.splitlines():  # a file with many tests goes on in lines of dots
+            m = re.match(r"^(?:(tests/\S+\.py) )?([.sFEx]+)\s*(\[|$)", line)
+            if m is not None and (m.group(1) or current):
+                current = m.group(1) or current
+                shown[current] = shown.get(current, 0) + len(m.group(2))
+            elif line.strip():
+                current = ""
         m = re.search(r"collected (\d+) items(?: / \d+ deselected / (\d+) selected)?", block)
         assert m is not None
         total = int(m.group(2) or m.group(1))  # the tests that ran (slow ones are deselected)
         counts = _collected(shared)
         assert shown == counts, "run the suite in a fresh clone and paste its output"
         assert total == sum(counts.values())
+
+
+if __name__ == "__main__" and "--test-transcripts" in sys.argv:
+    i = sys.argv.index("--test-transcripts")
+    write_test_transcripts(Path(sys.argv[i + 1]), Path(sys.argv[i + 2]))
+
+if __name__ == "__main__" and "--write" in sys.argv:
+    README.write_text(rewrite_transcripts(README.read_text()))
+    text = README.read_text()
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(f"{head}{BEGIN}\n{help_reference()}\n{END}{tail}")
+    print("README.md reference updated")
