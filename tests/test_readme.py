@@ -154,7 +154,7 @@ def write_test_transcripts(with_shared: Path, without: Path) -> None:
             anchor = f"```text\n{new[0]}```\n"
             note = (
                 "\nThe same command in a clone on its own, without `../shared` beside it: the "
-                "two tests over `../shared/real-checkpoints` each collect as one skipped test.\n"
+                "two tests over\n`../shared/real-checkpoints` each collect as one skipped test.\n"
                 f"\n```text\n{block}```\n"
             )
             text = text.replace(anchor, anchor + note, 1)
