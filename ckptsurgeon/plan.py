@@ -10,14 +10,13 @@ functions from plan to plan; one executor (:mod:`ckptsurgeon.execute`) streams a
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import __version__
 from .checkpoint import Checkpoint
 from .dtypes import nbytes_of
 from .init_rules import Rule
+from .record import encode
 from .sidefiles import SideFiles
 
 # What happens to a tensor (PlannedTensor.action, and "drop"), in the past tense for summaries
@@ -264,15 +263,14 @@ class Plan:
         return {"operation": self.operation, "arguments": arguments}
 
     def metadata(self) -> dict[str, str]:
-        """The ``__metadata__`` entries recording this run (strings only, no paths or times)."""
-        record: dict[str, Any] = {"tool": "ckptsurgeon", "version": __version__}
-        record.update(self.step_record())
+        """The ``__metadata__`` entries recording this run (:mod:`ckptsurgeon.record`)."""
+        record = self.step_record()
         if self.aliases:
             record["tied_aliases_dropped"] = dict(sorted(self.aliases.items()))
         drawn = [t.source for t in self.tensors if isinstance(t.source, ModelDraw)]
         if drawn:  # --rules model: the values depend on these versions too
             record["model_rules_versions"] = dict(drawn[0].versions)
-        return {"ckptsurgeon": json.dumps(record, sort_keys=True, separators=(",", ":"))}
+        return encode(record)
 
     def to_json(self, *, include_kept: bool = False) -> dict[str, Any]:
         shown = [*self.tensors, *self.dropped] if include_kept else self.changed()

@@ -21,6 +21,7 @@ from typing import Any
 
 from .errors import CheckpointNotFoundError, CkptSurgeonError
 from .patterns import as_patterns, matches
+from .record import KEY, decode, recipe_of
 
 
 class VerifyError(CkptSurgeonError, RuntimeError):
@@ -245,25 +246,12 @@ def _against(path: Path, src: str | os.PathLike[str]) -> Check:
     from .recipe import Recipe, plan_recipe
 
     out = open_checkpoint(path)
-    record_text = out.metadata.get("ckptsurgeon")
-    if record_text is None:
+    if KEY not in out.metadata:
         return Check("unchanged tensors equal SRC", False, "no ckptsurgeon metadata in the output")
-    try:
-        record = json.loads(record_text)
-    except (ValueError, RecursionError):
-        record = None
-    if not isinstance(record, dict):
+    record = decode(out.metadata)
+    if record is None:
         return Check("unchanged tensors equal SRC", False, "the ckptsurgeon metadata is not JSON")
-    if record.get("operation") == "apply":
-        steps = record.get("steps", [])
-        strip: list[str] = []
-    else:
-        arguments = dict(record.get("arguments", {}))
-        strip = list(arguments.pop("strip_prefix", []) or [])
-        config_set = arguments.pop("config_set", None)
-        steps = [{"op": record.get("operation"), **arguments}]
-        if config_set:
-            steps.append({"op": "config", "set": config_set})
+    steps, strip = recipe_of(record)
     source = strip_prefixes(open_checkpoint(src), strip)
     plan = plan_recipe(Recipe.parse(steps), source)
     unchanged = [t for t in plan.tensors if t.action in ("keep", "rename")]

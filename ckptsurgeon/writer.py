@@ -27,6 +27,7 @@ from . import interrupts
 from .checkpoint import SAFE_INDEX, SAFE_SINGLE, Checkpoint, open_checkpoint, write_all
 from .dtypes import DTYPES
 from .errors import CkptSurgeonError, DestinationError, VerificationError, WriteError
+from .record import copied_entries, with_copied
 from .safetensors_format import build_header
 from .sidefiles import (
     LOCK_SUFFIX,
@@ -139,27 +140,9 @@ def written_by_ckptsurgeon(dest: Path) -> set[str] | None:
     from .checkpoint import open_checkpoint
 
     try:
-        meta = open_checkpoint(dest).metadata
+        return copied_entries(open_checkpoint(dest).metadata)
     except (CkptSurgeonError, OSError):
         return None
-    try:
-        copied = json.loads(meta["ckptsurgeon"]).get("copied", [])
-    except (KeyError, ValueError, AttributeError, RecursionError):
-        return None
-    return {c for c in copied if isinstance(c, str)} if isinstance(copied, list) else set()
-
-
-def _record_copied(meta: dict[str, str], copied: list[str]) -> dict[str, str]:
-    """Add the entries copied beside the weights to the ckptsurgeon record, so that a later
-    ``--overwrite`` knows them as ckptsurgeon's own."""
-    try:
-        record = json.loads(meta.get("ckptsurgeon", "{}"))
-    except (ValueError, RecursionError):
-        return meta
-    if not isinstance(record, dict):
-        return meta
-    record["copied"] = copied
-    return {**meta, "ckptsurgeon": json.dumps(record, sort_keys=True, separators=(",", ":"))}
 
 
 def check_destination(src: Checkpoint, dest: Path, overwrite: bool) -> None:
@@ -413,7 +396,7 @@ def write_checkpoint(
     replace_files = {} if single else dict(replace_files or {})
     copied = sorted({*side.top_level, *replace_files})
     if not single:
-        meta = _record_copied(meta, [e.rstrip("/") for e in copied])
+        meta = with_copied(meta, [e.rstrip("/") for e in copied])
     tmp = dest.parent / f".{dest.name}{TMP_SUFFIX}"
     with interrupts.guard(), destination_lock(dest):
         _remove(tmp)  # a temp left by a killed run
