@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import normalise_prefixes, open_checkpoint, strip_prefixes
+from .destination import check_destination, is_single_file
 from .errors import DestinationError
 from .execute import execute
 from .ops.drop import dropped_head_hint
@@ -19,7 +20,7 @@ from .plan import Plan
 from .recipe import Recipe, Step, plan_recipe
 from .sidefiles import plan_side_files
 from .sizes import parse_size
-from .writer import DEFAULT_MAX_SHARD_SIZE, WriteResult, check_destination, is_single_file
+from .writer import DEFAULT_MAX_SHARD_SIZE, WriteResult
 
 PathLike = str | os.PathLike[str]
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .checkpoint import Checkpoint
+from .destination import is_single_file
 from .dtypes import DTYPES, cast_bytes, from_float32, numel_of, to_float
 from .init_rules import generate
 from .pipeline import background, ordered_map
@@ -28,7 +29,6 @@ from .writer import (
     OutTensor,
     WriteResult,
     emission_order,
-    is_single_file,
     write_checkpoint,
 )
 

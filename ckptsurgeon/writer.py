@@ -12,31 +12,34 @@ into place. A temp left behind by a killed run is removed by the next run.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
-import shutil
-import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import interrupts
 from .checkpoint import SAFE_INDEX, SAFE_SINGLE, Checkpoint, open_checkpoint, write_all
+from .destination import (
+    check_destination,
+    destination_lock,
+    fsync_dir,
+    is_single_file,
+    publish,
+    remove_path,
+    write_error,
+)
 from .dtypes import DTYPES
-from .errors import CkptSurgeonError, DestinationError, VerificationError, WriteError
-from .record import copied_entries, with_copied
+from .errors import CkptSurgeonError, VerificationError
+from .libc import libc_function
+from .record import with_copied
 from .safetensors_format import build_header
 from .sidefiles import (
-    LOCK_SUFFIX,
-    OLD_SUFFIX,
     TMP_SUFFIX,
     SideFiles,
-    check_replaceable,
     copy_side_files,
-    is_weight_file,
     plan_side_files,
 )
 
@@ -100,11 +103,6 @@ def data_order(tensors: Sequence[OutTensor]) -> list[OutTensor]:
     return [t for _, t in indexed]
 
 
-def is_single_file(dest: str | os.PathLike[str]) -> bool:
-    """DEST ending in ``.safetensors`` is one file; anything else is a model directory."""
-    return Path(dest).name.endswith(".safetensors")
-
-
 def shard_groups(
     tensors: Sequence[OutTensor], dest: str | os.PathLike[str], max_shard_size: int
 ) -> list[list[OutTensor]]:
@@ -123,122 +121,6 @@ def emission_order(
     per file), each in :func:`data_order`. Lets a caller prepare bytes ahead (e.g. draw random
     numbers while the kernel copies kept tensors) and plan copies across neighbours."""
     return [data_order(group) for group in shard_groups(tensors, dest, max_shard_size)]
-
-
-def _variants(path: str | os.PathLike[str]) -> set[str]:
-    """A path as given (absolute) and with every symbolic link resolved."""
-    return {os.path.abspath(path), os.path.realpath(path)}
-
-
-def _within(path: str, folder: str) -> bool:
-    return path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
-def written_by_ckptsurgeon(dest: Path) -> set[str] | None:
-    """The entries ckptsurgeon recorded copying into a directory it wrote, or None when the
-    directory's weights were not written by ckptsurgeon."""
-    from .checkpoint import open_checkpoint
-
-    try:
-        return copied_entries(open_checkpoint(dest).metadata)
-    except (CkptSurgeonError, OSError):
-        return None
-
-
-def check_destination(src: Checkpoint, dest: Path, overwrite: bool) -> None:
-    """Refuse DEST when it is the source, inside it, contains it, or exists (without
-    ``overwrite``), or when ``overwrite`` would replace anything but a checkpoint. Paths are
-    compared as given and with symbolic links resolved. Called before anything is read or
-    written, and by ``--dry-run``."""
-    dest = Path(dest)
-    dest_paths = _variants(dest)
-    protected: set[str] = set()
-    for p in [src.path, *src.own_files]:
-        protected |= _variants(p)
-    roots = _variants(src.root) if src.root is not None else set()
-    for d in dest_paths:
-        if d in protected or d in roots:
-            raise DestinationError(
-                "destination is the source checkpoint",
-                str(dest),
-                "choose a new path for the output",
-            )
-    for d in dest_paths:
-        if any(_within(d, r) for r in roots):
-            raise DestinationError(
-                "destination is inside the source directory",
-                str(dest),
-                "write the output outside the source checkpoint",
-            )
-        if any(_within(p, d) for p in protected | roots):
-            raise DestinationError(
-                "destination contains the source checkpoint",
-                str(dest),
-                "write the output somewhere that does not hold the source",
-            )
-    if dest.is_symlink():
-        raise DestinationError(
-            "destination is a symbolic link", str(dest), "give the real path, or remove the link"
-        )
-    if dest.exists():
-        if not overwrite:
-            raise DestinationError(
-                "destination already exists", str(dest), "choose a new path or pass --overwrite"
-            )
-        if dest.is_dir():
-            if is_single_file(dest):
-                raise DestinationError(
-                    "destination ends in .safetensors but is a directory",
-                    str(dest),
-                    "remove it or choose another path",
-                )
-            check_replaceable(dest, written_by_ckptsurgeon(dest) or set())
-        elif not dest.is_file() or not is_weight_file(dest.name):
-            raise DestinationError(
-                "destination is a file that is not a checkpoint; --overwrite replaces only "
-                "checkpoints",
-                str(dest),
-                "remove it by hand if you mean to replace it, or choose another path",
-            )
-        elif not is_single_file(dest):
-            raise DestinationError(
-                "destination is a file but the output is a directory",
-                str(dest),
-                "give a DEST ending in .safetensors, or another path",
-            )
-    parent = Path(os.path.abspath(dest)).parent
-    if not parent.is_dir():
-        raise DestinationError(
-            "the destination's parent directory does not exist",
-            str(parent),
-            "create it first",
-        )
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise DestinationError(
-            "cannot write to the destination's directory (permission denied)",
-            str(parent),
-            "choose a writable location",
-        )
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_safetensors(
@@ -298,26 +180,6 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-_LIBC: Any = None
-
-
-def _libc_function(name: str, *argtypes: Any) -> Any:
-    """A Linux libc function through ctypes (loaded on first use), or None elsewhere."""
-    global _LIBC
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        if _LIBC is None:
-            _LIBC = ctypes.CDLL(None, use_errno=True)
-        func = getattr(_LIBC, name)
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = list(argtypes)
-    return func
-
-
 _SYNC_FILE_RANGE: Any = None
 _FALLOCATE: Any = None
 FALLOC_FL_KEEP_SIZE = 1
@@ -341,7 +203,7 @@ def _preallocate(fd: int, size: int) -> None:
     global _FALLOCATE
     if _FALLOCATE is None:
         c_off = ctypes.c_int64
-        _FALLOCATE = _libc_function("fallocate", ctypes.c_int, ctypes.c_int, c_off, c_off) or False
+        _FALLOCATE = libc_function("fallocate", ctypes.c_int, ctypes.c_int, c_off, c_off) or False
     if not _FALLOCATE or size <= 0:
         return
     if _FALLOCATE(fd, FALLOC_FL_KEEP_SIZE, 0, size) != 0:
@@ -360,7 +222,7 @@ def _start_writeback(fd: int) -> None:
 
         c_off = ctypes.c_int64
         _SYNC_FILE_RANGE = (
-            _libc_function("sync_file_range", ctypes.c_int, c_off, c_off, ctypes.c_uint) or False
+            libc_function("sync_file_range", ctypes.c_int, c_off, c_off, ctypes.c_uint) or False
         )
     if _SYNC_FILE_RANGE:
         _SYNC_FILE_RANGE(fd, 0, 0, 2)  # SYNC_FILE_RANGE_WRITE
@@ -399,7 +261,7 @@ def write_checkpoint(
         meta = with_copied(meta, [e.rstrip("/") for e in copied])
     tmp = dest.parent / f".{dest.name}{TMP_SUFFIX}"
     with interrupts.guard(), destination_lock(dest):
-        _remove(tmp)  # a temp left by a killed run
+        remove_path(tmp)  # a temp left by a killed run
         try:
             if single:
                 write_safetensors(tmp, tensors, meta, emit)
@@ -412,18 +274,18 @@ def write_checkpoint(
                 for name, data in replace_files.items():
                     (tmp / name).write_bytes(data)
                 _verify(tmp, tensors)
-                _fsync_dir(tmp)
+                fsync_dir(tmp)
             src.check_unchanged()
             if overwrite:
                 check_destination(src, dest, overwrite)  # what appeared at DEST meanwhile
             with interrupts.publishing():
-                _publish(tmp, dest, overwrite)
+                publish(tmp, dest, overwrite)
         except BaseException as exc:
-            _remove(tmp)
+            remove_path(tmp)
             if isinstance(exc, OSError) and not isinstance(exc, CkptSurgeonError):
-                raise _write_error(exc, dest) from exc
+                raise write_error(exc, dest) from exc
             raise
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     return WriteResult(
         destination=dest,
         files=files,
@@ -431,67 +293,6 @@ def write_checkpoint(
         total_bytes=sum(t.nbytes for t in tensors),
         tensors=len(tensors),
     )
-
-
-@contextlib.contextmanager
-def destination_lock(dest: Path) -> Iterator[None]:
-    """Hold DEST for this run: an exclusive ``flock`` on ``.<name>.ckptsurgeon-lock`` beside it.
-
-    A second run to the same DEST (which would share the temporary) fails at once naming the
-    holder's pid. The kernel drops the lock when its process dies however it dies, so a lock
-    file left by a killed run is simply taken over; the file is removed when the run ends."""
-    import fcntl
-
-    path = dest.parent / f".{dest.name}{LOCK_SUFFIX}"
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise DestinationError(
-                    "a symbolic link sits where the destination's lock file goes",
-                    str(path),
-                    "remove the link",
-                ) from None
-            raise _write_error(exc, dest) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-            os.close(fd)
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise _write_error(exc, dest) from exc
-            raise DestinationError(
-                "destination is being written by another ckptsurgeon run"
-                + (f" (pid {holder})" if holder.isdigit() else ""),
-                str(dest),
-                "wait for it to finish, or write somewhere else",
-            ) from None
-        try:  # its last holder may have removed the file between our open and our lock
-            same = os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        os.close(fd)
-
-
-def _write_error(exc: OSError, dest: Path) -> WriteError:
-    if exc.errno == errno.ENOSPC:
-        what, hint = "no space left on device", "free some space or write elsewhere"
-    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        what, hint = "permission denied while writing", "choose a writable location"
-    else:
-        what, hint = f"writing failed ({exc.strerror or exc})", "check the destination"
-    return WriteError(what + "; nothing was written", str(dest), hint)
 
 
 def _write_dir(
@@ -544,37 +345,3 @@ def _verify(path: Path, tensors: Sequence[OutTensor]) -> None:
             str(path),
             "this is a bug in ckptsurgeon; please report it",
         )
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``); False if unsupported."""
-    import ctypes
-
-    c_int, c_str = ctypes.c_int, ctypes.c_char_p
-    renameat2 = _libc_function("renameat2", c_int, c_str, c_int, c_str, ctypes.c_uint)
-    if renameat2 is None:
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
-    return bool(rc == 0)
-
-
-def _publish(tmp: Path, dest: Path, overwrite: bool) -> None:
-    if dest.exists() or dest.is_symlink():
-        if not overwrite:  # appeared while we were writing
-            raise DestinationError(
-                "destination appeared while writing",
-                str(dest),
-                "choose a new path or pass --overwrite",
-            )
-        if dest.is_dir() and not dest.is_symlink():
-            if _exchange(tmp, dest):
-                _remove(tmp)  # now holds the previous DEST
-                return
-            old = dest.parent / f".{dest.name}{OLD_SUFFIX}"
-            _remove(old)
-            os.rename(dest, old)
-            os.rename(tmp, dest)
-            _remove(old)
-            return
-    os.replace(tmp, dest)
