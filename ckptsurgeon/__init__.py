@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import typing as _typing
 
-__version__ = "0.1.0"
-
 from .errors import (
     CheckpointNotFoundError,
     CkptSurgeonError,
@@ -28,6 +26,7 @@ from .errors import (
     VerificationError,
     WriteError,
 )
+from .version import __version__
 
 # The public names load their module on first use (PEP 562): a command imports only what it
 # needs (`reinit` never loads diff or inspect), which keeps start-up short.

@@ -16,13 +16,14 @@ from typing import Any
 
 import click
 
-from . import __version__, interrupts
+from . import interrupts
 from .dtypes import numel_of
 from .errors import CkptSurgeonError
 from .ops import OPERATIONS, Operation, Option
 from .ops.base import CONFIG_SET, EXCLUDE, PATTERNS, STRIP_PREFIX
 from .plan import PAST_TENSE
 from .sizes import format_size, parse_size
+from .version import __version__
 
 EXIT_ERROR = 2
 

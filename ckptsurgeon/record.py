@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .version import __version__
+
 KEY = "ckptsurgeon"
 
 
 def encode(record: dict[str, Any]) -> dict[str, str]:
     """The ``__metadata__`` entries holding ``record`` (with the tool and its version)."""
-    from . import __version__
-
     full = {"tool": "ckptsurgeon", "version": __version__, **record}
     return {KEY: _dumps(full)}
 

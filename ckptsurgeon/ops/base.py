@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import RecipeError, echo
 from ..patterns import as_patterns
 from ..plan import Plan
-from .layer_lists import parse_layer_list
+from .values import parse_assignments, parse_layer_list
 
 # kinds: "patterns"/"strings" (a list of strings; a bare string is one), "pairs" (a list of
 # [A, B] string pairs), "mapping" (KEY: value; KEY=JSON strings on the CLI), "int", "float",
@@ -91,8 +91,6 @@ class Option:
             return [[p[0], p[1]] for p in pairs]
         if self.kind == "mapping":  # {KEY: any JSON value}; the CLI gives KEY=JSON strings
             if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-                from .config import parse_assignments
-
                 return parse_assignments(value, label)
             if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
                 raise bad("a mapping of config.json keys to values")

@@ -9,9 +9,7 @@ edit like the edits other operations make.
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Sequence
 from typing import Any
 
 from ..errors import RecipeError, SelectionError, echo
@@ -19,28 +17,6 @@ from ..plan import Plan
 from .base import Operation, Option
 
 _KEY_RE = re.compile(r"^[^.\s=]+(\.[^.\s=]+)*$")
-
-
-def parse_assignments(items: Sequence[str], label: str = "--config-set") -> dict[str, Any]:
-    """``["KEY=JSON", ...]`` -> ``{KEY: value}`` (a later KEY replaces an earlier one)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise RecipeError(
-                f"{label} takes KEY=JSON, got {echo(item)}",
-                label,
-                "e.g. --config-set 'architectures=[\"BertModel\"]'",
-            )
-        try:
-            out[key] = json.loads(text)
-        except ValueError:
-            raise RecipeError(
-                f"{label} {key}: the value is not JSON ({echo(text)})",
-                label,
-                f"write strings in double quotes: --config-set '{key}=\"{text}\"'",
-            ) from None
-    return out
 
 
 def plan_config(plan: Plan, set: dict[str, Any]) -> Plan:

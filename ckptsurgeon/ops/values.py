@@ -1,13 +1,17 @@
-"""Layer lists as users write them: ``0,2,4-6`` or ``[0, 2, "4-6"]``.
+"""Option values as users write them: layer lists (``0,2,4-6`` or ``[0, 2, "4-6"]``) and
+config.json assignments (``KEY=JSON``).
 
-Below both :mod:`.base` (which checks ``layers`` options with it) and :mod:`.layers`."""
+Below :mod:`.base`, which checks ``layers`` and ``mapping`` options with them, and the
+operations that take them."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
+from typing import Any
 
-from ..errors import RecipeError
+from ..errors import RecipeError, echo
 
 _ITEM_RE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
 
@@ -34,4 +38,26 @@ def parse_layer_list(value: str | Sequence[int | str], label: str = "LIST") -> l
                 f"{label} range {item!r} runs backwards", str(value), f"write {hi}-{lo}"
             )
         out.extend(range(lo, hi + 1))
+    return out
+
+
+def parse_assignments(items: Sequence[str], label: str = "--config-set") -> dict[str, Any]:
+    """``["KEY=JSON", ...]`` -> ``{KEY: value}`` (a later KEY replaces an earlier one)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise RecipeError(
+                f"{label} takes KEY=JSON, got {echo(item)}",
+                label,
+                "e.g. --config-set 'architectures=[\"BertModel\"]'",
+            )
+        try:
+            out[key] = json.loads(text)
+        except ValueError:
+            raise RecipeError(
+                f"{label} {key}: the value is not JSON ({echo(text)})",
+                label,
+                f"write strings in double quotes: --config-set '{key}=\"{text}\"'",
+            ) from None
     return out

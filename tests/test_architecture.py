@@ -1,0 +1,96 @@
+"""The layers of docs/ARCHITECTURE.md hold: every module belongs to one, and no module imports
+from a layer above its own (imports inside functions count too)."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "ckptsurgeon"
+
+# bottom to top; a module may import from its own layer and the ones below
+LAYERS: dict[str, tuple[str, ...]] = {
+    "base": ("errors", "version", "dtypes", "sizes", "patterns", "interrupts", "libc",
+             "pipeline", "ties", "record"),
+    "formats": ("safetensors_format", "tensorio", "torch_bin", "config_json", "sidefiles", "hub",
+                "checkpoint"),
+    "rules": ("init_rules", "init_recorder", "model_rules"),
+    "plan": ("plan", "selection"),
+    "ops": ("ops", "ops.base", "ops.values", "ops.select", "ops.convert", "ops.drop",
+            "ops.reinit", "ops.cast", "ops.rename", "ops.layers", "ops.vocab", "ops.config",
+            "recipe"),
+    "run": ("writer", "destination", "execute", "api"),
+    "tools": ("inspection", "compare", "plot", "verify"),
+    "cli": ("cli", "__main__"),
+}  # fmt: skip
+# the package's __init__ is the facade: it loads the public names lazily, from every layer
+FACADE = "ckptsurgeon"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts) or FACADE
+        out[name] = path
+    return out
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    package = name.split(".")[:-1] if path.name != "__init__.py" else name.split(".")
+    if name == FACADE:
+        package = []
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[: len(package) - (node.level - 1)]
+            if node.module is None:  # from . import interrupts: the submodules themselves
+                found.update(".".join([*base, a.name]) for a in node.names)
+            else:
+                found.add(".".join([*base, *node.module.split(".")]))
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+            for n in names:
+                if n and (n == "ckptsurgeon" or n.startswith("ckptsurgeon.")):
+                    found.add(n.removeprefix("ckptsurgeon.") if n != "ckptsurgeon" else FACADE)
+    return found - {name}
+
+
+def test_every_module_has_a_layer():
+    placed = {m for ms in LAYERS.values() for m in ms}
+    missing = sorted(set(_modules()) - placed - {FACADE})
+    assert not missing, f"put these in a layer (docs/ARCHITECTURE.md): {missing}"
+    assert not placed - set(_modules()), sorted(placed - set(_modules()))
+
+
+def test_nothing_imports_upward_and_only_the_facade_reaches_the_package():
+    rank = {m: i for i, ms in enumerate(LAYERS.values()) for m in ms}
+    layer = {m: name for name, ms in LAYERS.items() for m in ms}
+    upward = []
+    for name, path in _modules().items():
+        if name == FACADE:
+            continue
+        for target in _imports(name, path):
+            if target == FACADE and name != "__main__":
+                upward.append(f"{name} imports the package itself (the facade)")
+            elif target in rank and rank[target] > rank[name]:
+                upward.append(f"{name} ({layer[name]}) imports {target} ({layer[target]})")
+    assert not upward, upward
+
+
+def test_the_architecture_page_lists_the_layers_in_order():
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    headings = re.findall(r"^\d+\. \*\*(\w+)\*\*", text, re.M)
+    assert headings == list(LAYERS)
+    for modules in LAYERS.values():
+        for module in modules:
+            assert f"`{module}`" in text, module
+
+
+def test_the_version_is_the_project_version():
+    from ckptsurgeon.version import __version__
+
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert f'version = "{__version__}"' in pyproject
