@@ -23,7 +23,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
             "recipe"),
     "run": ("writer", "destination", "execute", "api"),
     "tools": ("inspection", "compare", "plot", "verify"),
-    "cli": ("cli", "__main__"),
+    "cli": ("cli", "cli.options", "cli.render", "__main__"),
 }  # fmt: skip
 # the package's __init__ is the facade: it loads the public names lazily, from every layer
 FACADE = "ckptsurgeon"

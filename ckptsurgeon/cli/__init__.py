@@ -6,40 +6,34 @@ destination...), 1 reserved for ``diff`` finding differences.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import sys
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import click
 
-from . import interrupts
-from .dtypes import numel_of
-from .errors import CkptSurgeonError
-from .ops import OPERATIONS, Operation, Option
-from .ops.base import CONFIG_SET, EXCLUDE, PATTERNS, STRIP_PREFIX
-from .plan import PAST_TENSE
-from .sizes import format_size, parse_size
-from .version import __version__
+from .. import interrupts
+from ..errors import CkptSurgeonError
+from ..ops import OPERATIONS, Operation
+from ..ops.base import EXCLUDE, PATTERNS, STRIP_PREFIX
+from ..sizes import format_size
+from ..version import __version__
+from .options import _click_option, _json_option, _quiet_option, _revision_option, _write_options
+from .render import (
+    _fmt,
+    _progress,
+    _quiet,
+    _render_diff,
+    _report,
+    _shape,
+    _table,
+    emit_json,
+    warn,
+)
 
 EXIT_ERROR = 2
-
-
-class SizeType(click.ParamType):
-    """``5GB`` (powers of 1000) or ``500MiB`` (powers of 1024)."""
-
-    name = "SIZE"
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> int:
-        if isinstance(value, int):
-            return value
-        try:
-            return parse_size(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
 
 
 class CommandError(click.ClickException):
@@ -148,87 +142,6 @@ def _interrupted(exc: BaseException) -> None:
         sys.exit(interrupts.exit_status(exc))
 
 
-def _quiet() -> bool:
-    ctx = click.get_current_context(silent=True)
-    while ctx is not None:
-        if ctx.obj and ctx.obj.get("quiet"):
-            return True
-        ctx = ctx.parent
-    return False
-
-
-def warn(message: str) -> None:
-    if not _quiet():
-        click.echo(f"Warning: {message}", err=True)
-
-
-class _Bar:
-    """One progress bar on stderr (bytes done of total, rate, time left), made on first use.
-
-    tqdm: small, pure Python, already installed with transformers and huggingface_hub, and it
-    draws a single self-updating line where rich would bring a whole rendering engine."""
-
-    def __init__(self, desc: str) -> None:
-        self.desc = desc
-        self.bar: Any = None
-
-    def __call__(self, n: int, total: int) -> None:
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=total,
-                desc=self.desc,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                file=sys.stderr,
-                leave=False,
-                dynamic_ncols=True,
-            )
-        self.bar.update(n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-@contextlib.contextmanager
-def _progress(desc: str) -> Iterator[_Bar | None]:
-    """A bar only when stderr is a terminal and --quiet is off: nothing reaches a pipe or log."""
-    bar = _Bar(desc) if sys.stderr.isatty() and not _quiet() else None
-    try:
-        yield bar
-    finally:
-        if bar is not None:
-            bar.close()
-
-
-def _set_quiet(ctx: click.Context, param: Any, value: bool) -> None:
-    if value:
-        ctx.ensure_object(dict)["quiet"] = True
-
-
-def _quiet_option(f: Any) -> Any:
-    return click.option(
-        "-q",
-        "--quiet",
-        is_flag=True,
-        expose_value=False,
-        callback=_set_quiet,
-        help="No warnings and no progress bar.",
-    )(f)
-
-
-def _json_option(what: str) -> Any:
-    """``--json``: the one definition every command's JSON switch is built from."""
-    return click.option("--json", "as_json", is_flag=True, help=f"Print {what} as JSON.")
-
-
-def emit_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
-
-
 @click.group(
     cls=Group,
     context_settings={
@@ -245,86 +158,6 @@ def main(ctx: click.Context, debug: bool) -> None:
     # the help text is made from the commands themselves, once they are all added (below)
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
-
-
-def _shape(shape: Sequence[int]) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"
-
-
-def _table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
-    ]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    for r in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-    return "\n".join(lines)
-
-
-def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.4g}"
-
-
-def _click_option(opt: Option, *, key: str | None = None) -> Any:
-    """The click option for one operation option (its single definition in ``ops``)."""
-    kwargs: dict[str, Any] = {"help": opt.help, "metavar": opt.metavar}
-    if opt.kind in ("patterns", "strings", "mapping"):
-        kwargs["multiple"] = True
-    elif opt.kind == "pairs":
-        kwargs.update(multiple=True, nargs=2)
-    elif opt.kind == "bool":
-        kwargs = {"help": opt.help, "is_flag": True}
-    elif opt.kind == "choice":
-        kwargs.update(type=click.Choice(opt.choices), metavar=None)
-    elif opt.kind == "int":
-        kwargs["type"] = click.IntRange(
-            None if opt.minimum is None else int(opt.minimum),
-            None if opt.maximum is None else int(opt.maximum),
-        )
-    elif opt.kind == "float":
-        kwargs["type"] = click.FloatRange(min=opt.minimum, min_open=opt.min_open)
-    if opt.default is not None and opt.kind != "bool":
-        kwargs.update(default=opt.default, show_default=True)
-    if opt.required:
-        kwargs["required"] = True
-    return click.option(*opt.flags, key or opt.key, **kwargs)
-
-
-def _revision_option(f: Any) -> Any:
-    return click.option(
-        "--revision",
-        metavar="REV",
-        help="When SRC is a Hugging Face repo id: the branch, tag or commit (or SRC@REV).",
-    )(f)
-
-
-def _write_options(f: Any) -> Any:
-    f = _quiet_option(f)
-    f = _revision_option(f)
-    f = click.option(
-        "--threads",
-        type=click.IntRange(min=1),
-        metavar="N",
-        help="Threads for random values and casts [default: the CPUs this process may use].",
-    )(f)
-    f = _json_option("the plan and the result")(f)
-    f = _click_option(CONFIG_SET)(f)
-    f = click.option(
-        "--overwrite",
-        is_flag=True,
-        help="Replace DEST if it is a checkpoint (never SRC or a folder that holds it).",
-    )(f)
-    f = click.option(
-        "--max-shard-size",
-        type=SizeType(),
-        default="5GB",
-        show_default=True,
-        help="Largest shard of a directory DEST; KB/MB/GB are powers of 1000, KiB/MiB/GiB of 1024.",
-    )(f)
-    f = click.option(
-        "--dry-run", is_flag=True, help="Check SRC and DEST, print the plan, write nothing."
-    )(f)
-    return f
 
 
 def _verb_command(operation: Operation) -> None:
@@ -344,7 +177,7 @@ def _verb_command(operation: Operation) -> None:
         config_set: tuple[str, ...],
         **values: Any,
     ) -> None:
-        from .api import verb_recipe
+        from ..api import verb_recipe
 
         strip = values.pop("strip_prefix", ()) if takes_strip else ()
         values = {k: [list(p) for p in v] if k == "sub" else v for k, v in values.items()}
@@ -388,7 +221,7 @@ def apply_cmd(
     rename's sub is a list of [REGEX, REPL] pairs). Steps apply in order, each to the names and
     dtypes left by the steps before it.
     """
-    from .recipe import Recipe
+    from ..recipe import Recipe
 
     _run_and_report(
         Recipe.load(recipe), src, dest, "apply", (), dry_run, max_shard_size, overwrite,
@@ -411,7 +244,7 @@ def _run_and_report(
     config_set: Sequence[str] = (),
 ) -> None:
     """Every writing command: run its recipe with a progress bar, then render the result."""
-    from .api import run
+    from ..api import run
 
     with _progress(verb) as bar:
         result = run(
@@ -444,7 +277,7 @@ def inspect_cmd(
     src: str, patterns: tuple[str, ...], revision: str | None, as_json: bool, stats: bool
 ) -> None:
     """Show what is inside SRC: format, files, tensors, parameters, metadata."""
-    from .inspection import inspect
+    from ..inspection import inspect
 
     with _progress("inspect --stats") as bar:
         info = inspect(src, patterns, stats=stats, on_bytes=bar, revision=revision)
@@ -516,7 +349,7 @@ def verify_cmd(
     --against, every tensor the output's ckptsurgeon metadata does not name as changed equals
     SRC's. Exit 0 when every check passes, 1 when one fails (one line each), 2 on error.
     """
-    from .verify import verify
+    from ..verify import verify
 
     result = verify(
         path,
@@ -608,7 +441,7 @@ def diff_cmd(
     only_in_a, only_in_b (same_header with --names-only). Exit 0 when nothing differs beyond
     tolerance, 1 when something does, 2 on error.
     """
-    from .compare import diff
+    from ..compare import diff
 
     with _progress("diff") as bar:
         result = diff(
@@ -633,148 +466,6 @@ def diff_cmd(
     else:
         _render_diff(result, show_all)
     ctx.exit(status)
-
-
-def _render_diff(result: Any, show_all: bool) -> None:
-    from .patterns import group_of, natural_key
-
-    for side, ckpt in (("a", result.a), ("b", result.b)):
-        click.echo(f"{side}: {ckpt.path} ({ckpt.format}, {len(ckpt.tensors)} tensors)")
-    for status, n in result.summary.items():
-        click.echo(f"{status}: {n}")
-    differing = result.differences()
-    if not differing and not show_all:
-        click.echo("no differences")
-        return
-    groups: dict[str, dict[str, int]] = {}
-    for t in differing:
-        counts = groups.setdefault(group_of(t.name), {})
-        counts[t.status] = counts.get(t.status, 0) + 1
-    if differing:
-        click.echo("\nby layer or module:")
-        rows = [
-            [g, ", ".join(f"{n} {s}" for s, n in groups[g].items())]
-            for g in sorted(groups, key=natural_key)
-        ]
-        click.echo(_table(rows, ["group", "tensors"]))
-    shown = sorted(result.tensors if show_all else differing, key=lambda t: natural_key(t.name))
-    nonfinite = any(t.nonfinite_mismatch for t in shown)
-    rows = [
-        [
-            t.status,
-            t.name,
-            _pair(t.dtype_a, t.dtype_b),
-            _pair(
-                _shape(t.shape_a) if t.shape_a else None, _shape(t.shape_b) if t.shape_b else None
-            ),
-            _fmt(t.max_abs),
-            _fmt(t.mean_abs),
-            _fmt(t.rel_l2),
-            _fmt(t.cosine),
-            *([str(t.nonfinite_mismatch)] if nonfinite else []),
-        ]
-        for t in shown
-    ]
-    headers = ["status", "name", "dtype", "shape", "max_abs", "mean_abs", "rel_l2", "cosine"]
-    if nonfinite:  # NaN or Inf on one side only: the metrics above leave those values out
-        headers.append("nan/inf differing")
-    click.echo()
-    click.echo(_table(rows, headers))
-
-
-def _pair(x: str | None, y: str | None) -> str:
-    if x == y:
-        return x or "-"
-    return f"{x or '-'} -> {y or '-'}"
-
-
-def _summary(plan: Any) -> str:
-    from .ops import OPERATIONS
-
-    if plan.operation == "convert":
-        return f"{len(plan.tensors)} tensors converted"
-    operation = OPERATIONS.get(plan.operation)
-    action = operation.action if operation is not None else None
-    if action is not None:
-        changed = [t for t in plan.changed() if _action(plan, t) == action]
-        params = sum(numel_of(t.shape) for t in changed)
-        kept = len(plan.tensors) - (0 if action == "drop" else len(changed))
-        text = f"{len(changed)} tensors {PAST_TENSE[action]} ({params:,} parameters), {kept} kept"
-    else:
-        counts = [f"{plan.count(a)} {PAST_TENSE[a]}" for a in PAST_TENSE if plan.count(a)]
-        text = ", ".join([*counts, f"{plan.count('keep')} kept"])
-    if plan.skipped:
-        text += f", {len(plan.skipped)} skipped"
-    if plan.seed is not None and plan.std is not None:
-        text += f" [seed {plan.seed}, std {plan.std:g}]"
-    return text
-
-
-def _action(plan: Any, t: Any) -> str:
-    return "drop" if t in plan.dropped else str(t.action)
-
-
-def _report(result: Any, as_json: bool, *, dry_run: bool) -> None:
-    plan = result.plan
-    for w in plan.warnings:
-        warn(w)
-    for note in result.notes:
-        warn(note)
-    if as_json:
-        emit_json(result.to_json())
-        return
-    changed = plan.changed()
-    if dry_run and changed:
-        rows = [
-            [
-                t.name,
-                _action(plan, t),
-                "-" if t in plan.dropped else t.describe(),
-                t.dtype,
-                _shape(t.shape),
-            ]
-            for t in changed
-        ]
-        click.echo(_table(rows, ["name", "action", "source", "dtype", "shape"]))
-    elif changed:
-        for action in PAST_TENSE:
-            names = [t.name for t in changed if _action(plan, t) == action]
-            if names:
-                groups = group_names(names)
-                click.echo(f"{action}: " + ", ".join(f"{g} ({n})" for g, n in groups.items()))
-    for e in plan.config_edits:
-        old = "(absent)" if e.old is None else json.dumps(e.old)
-        click.echo(f"config.json: {e.key}: {old} -> {json.dumps(e.new)}")
-    for s in plan.skipped:
-        click.echo(f"skipped {s.name}: {s.reason}")
-    summary = _summary(plan)
-    if dry_run:
-        click.echo(f"dry run: {summary}; nothing written")
-        return
-    w = result.written
-    if not str(w.destination).endswith(".safetensors") and "config.json" not in w.copied:
-        left_out = dict(plan.side_files.outside) if plan.side_files is not None else {}
-        if "config.json" not in left_out:
-            warn(
-                f"no config.json was copied into {w.destination} (SRC has none beside its "
-                "weights); add one before from_pretrained, which otherwise falls back to "
-                "default sizes"
-            )
-    click.echo(f"{summary}")
-    click.echo(f"wrote {w.destination} ({', '.join(w.files)}; {format_size(w.total_bytes)})")
-    if w.copied:
-        click.echo("copied " + ", ".join(w.copied))
-
-
-def group_names(names: Sequence[str]) -> dict[str, int]:
-    """Count tensor names per layer (``bert.encoder.layer.3``) or module, in first-seen order."""
-    from .patterns import group_of
-
-    groups: dict[str, int] = {}
-    for name in names:
-        key = group_of(name)
-        groups[key] = groups.get(key, 0) + 1
-    return groups
 
 
 def _main_help() -> str:
