@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .checkpoint import Checkpoint, TensorInfo, TensorReader, open_checkpoint
+from .checkpoint import WRAPPER_PREFIXES, Checkpoint, TensorInfo, TensorReader, open_checkpoint
 from .dtypes import has_numeric_view, to_float
 from .patterns import as_patterns, raise_no_match, select
 from .pipeline import background
@@ -114,7 +114,7 @@ def normalize_name(name: str) -> str:
     changed = True
     while changed:
         changed = False
-        for prefix in ("module.", "_orig_mod."):
+        for prefix in WRAPPER_PREFIXES:
             if name.startswith(prefix):
                 name = name[len(prefix) :]
                 changed = True

@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from .checkpoint import wrapper_hint
+from .checkpoint import WRAPPER_PREFIXES, wrapper_hint
 from .config_json import LAYER_COUNT_KEYS
 from .errors import PatternError, SelectionError
 from .patterns import as_patterns, select
@@ -28,7 +28,7 @@ def find_layer_stacks(names: Sequence[str]) -> dict[str, list[int]]:
     Names under a wrapper prefix (``module.``) are not a stack: strip the prefix first."""
     stacks: dict[str, set[int]] = {}
     for name in names:
-        if name.startswith(("module.", "_orig_mod.")):
+        if name.startswith(WRAPPER_PREFIXES):
             continue
         match = _STACK_RE.match(name)
         if match:
