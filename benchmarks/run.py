@@ -122,10 +122,10 @@ def build(
     path: Path, specs: list[tuple[str, tuple[int, ...]]], dtype: str, config: dict, shard: int
 ) -> None:
     """Write a synthetic checkpoint with ckptsurgeon's streaming writer (memory stays flat)."""
-    from ckptsurgeon.checkpoint import Checkpoint, write_all
     from ckptsurgeon.dtypes import nbytes_of
-    from ckptsurgeon.init_rules import Rule, generate
-    from ckptsurgeon.writer import OutTensor, write_checkpoint
+    from ckptsurgeon.formats.checkpoint import Checkpoint, write_all
+    from ckptsurgeon.rules.bert import Rule, generate
+    from ckptsurgeon.run.writer import OutTensor, write_checkpoint
 
     if path.exists():
         return
@@ -413,8 +413,8 @@ def recipe_suite(
     )
     shard = ["--max-shard-size", "1.6GB"]
     # the reinit step alone selects the same top 3 layers by pattern (its names are prefixed)
-    from ckptsurgeon.checkpoint import open_checkpoint
-    from ckptsurgeon.selection import find_layer_stacks
+    from ckptsurgeon.formats.checkpoint import open_checkpoint
+    from ckptsurgeon.plan.selection import find_layer_stacks
 
     names = [n.removeprefix("module.") for n in open_checkpoint(src).names]
     count = len(find_layer_stacks(names)[stack])
@@ -670,7 +670,7 @@ def rng_report(report: Report) -> None:
     """Random numbers: ours on every core vs torch normal_ on one thread, same run."""
     code = r"""
 import time, numpy as np, torch, os
-from ckptsurgeon.init_rules import generate, Rule
+from ckptsurgeon.rules.bert import generate, Rule
 n = 1 << 27
 torch.set_num_threads(1)
 x = torch.empty(n)

@@ -31,8 +31,8 @@ from .version import __version__
 # The public names load their module on first use (PEP 562): a command imports only what it
 # needs (`reinit` never loads diff or inspect), which keeps start-up short.
 _LAZY = {
-    "DiffResult": "compare",
-    "diff": "compare",
+    "DiffResult": "tools.compare",
+    "diff": "tools.compare",
     "Result": "api",
     "apply": "api",
     "cast": "api",
@@ -43,17 +43,17 @@ _LAZY = {
     "reinit": "api",
     "rename": "api",
     "resize_vocab": "api",
-    "Checkpoint": "checkpoint",
-    "TensorInfo": "checkpoint",
-    "open_checkpoint": "checkpoint",
-    "Inspection": "inspection",
-    "inspect": "inspection",
+    "Checkpoint": "formats.checkpoint",
+    "TensorInfo": "formats.checkpoint",
+    "open_checkpoint": "formats.checkpoint",
+    "Inspection": "tools.inspection",
+    "inspect": "tools.inspection",
     "Plan": "plan",
     "Recipe": "recipe",
     "parse_size": "sizes",
-    "Verification": "verify",
-    "verify": "verify",
-    "write_plot": "plot",
+    "Verification": "tools.verify",
+    "verify": "tools.verify",
+    "write_plot": "tools.plot",
 }
 
 if _typing.TYPE_CHECKING:  # pragma: no cover
@@ -71,14 +71,14 @@ if _typing.TYPE_CHECKING:  # pragma: no cover
         rename,
         resize_vocab,
     )
-    from .checkpoint import Checkpoint, TensorInfo, open_checkpoint
-    from .compare import DiffResult, diff
-    from .inspection import Inspection, inspect
+    from .formats.checkpoint import Checkpoint, TensorInfo, open_checkpoint
     from .plan import Plan
-    from .plot import write_plot
     from .recipe import Recipe
     from .sizes import parse_size
-    from .verify import Verification, verify
+    from .tools.compare import DiffResult, diff
+    from .tools.inspection import Inspection, inspect
+    from .tools.plot import write_plot
+    from .tools.verify import Verification, verify
 
 
 def __getattr__(name: str) -> Any:

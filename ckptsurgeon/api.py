@@ -10,17 +10,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import normalise_prefixes, open_checkpoint, strip_prefixes
-from .destination import check_destination, is_single_file
 from .errors import DestinationError
-from .execute import execute
+from .formats.checkpoint import normalise_prefixes, open_checkpoint, strip_prefixes
+from .formats.sidefiles import plan_side_files
 from .ops.drop import dropped_head_hint
 from .patterns import as_patterns
 from .plan import Plan
 from .recipe import Recipe, Step, plan_recipe
-from .sidefiles import plan_side_files
+from .run.destination import check_destination, is_single_file
+from .run.execute import execute
+from .run.writer import DEFAULT_MAX_SHARD_SIZE, WriteResult
 from .sizes import parse_size
-from .writer import DEFAULT_MAX_SHARD_SIZE, WriteResult
 
 PathLike = str | os.PathLike[str]
 

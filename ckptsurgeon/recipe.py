@@ -24,8 +24,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import Checkpoint
 from .errors import CkptSurgeonError, RecipeError, echo
+from .formats.checkpoint import Checkpoint
 from .ops import OPERATIONS
 from .plan import Plan, initial_plan
 

@@ -11,7 +11,7 @@ from test_hardening import assert_clean_error, cli
 
 from ckptsurgeon import cast, open_checkpoint, reinit
 from ckptsurgeon.dtypes import cast_bytes
-from ckptsurgeon.safetensors_format import build_header
+from ckptsurgeon.formats.safetensors import build_header
 
 F32_SPECIALS = [
     0x7FC00000, 0xFFC00000, 0x7F800001, 0xFF800001, 0x7FBFFFFF, 0x7FFFFFFF, 0x7F812345,

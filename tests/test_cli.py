@@ -227,7 +227,7 @@ def test_warns_when_no_config_is_copied(tmp_path, model_store):
 
 
 def test_closed_stdout_pipe_is_quiet(tmp_path):
-    from ckptsurgeon.safetensors_format import build_header
+    from ckptsurgeon.formats.safetensors import build_header
 
     src = tmp_path / "many.safetensors"
     header, _ = build_header([(f"t.{i}.weight", "F32", (1,), 4) for i in range(20_000)], {})

@@ -15,7 +15,7 @@ from safetensors.numpy import save_file
 
 from ckptsurgeon import convert, drop, reinit
 from ckptsurgeon.cli import main
-from ckptsurgeon.compare import diff
+from ckptsurgeon.tools.compare import diff
 
 JSON_KEYS = {
     "name",
@@ -224,7 +224,7 @@ def test_names_only_reads_headers_alone(model_store):
     a, b = model_store("bert"), model_store("bert", "safetensors-sharded")
     code = (
         "import sys\n"
-        "from ckptsurgeon.compare import diff\n"
+        "from ckptsurgeon.tools.compare import diff\n"
         f"r = diff({str(a)!r}, {str(b)!r}, names_only=True)\n"
         "assert r.summary == {'same_header': 74}, r.summary\n"
         "assert 'numpy' not in sys.modules and 'torch' not in sys.modules\n"
@@ -234,7 +234,7 @@ def test_names_only_reads_headers_alone(model_store):
 
 def test_multi_chunk_metrics_with_identical_leading_chunks(tmp_path):
     """Chunks that agree byte for byte still count in the norms and the mean."""
-    from ckptsurgeon.compare import CHUNK_ELEMS
+    from ckptsurgeon.tools.compare import CHUNK_ELEMS
 
     rng = np.random.default_rng(1)
     n = CHUNK_ELEMS * 2 + 1000

@@ -18,7 +18,7 @@ from ckptsurgeon import (
     UnsupportedFormatError,
     open_checkpoint,
 )
-from ckptsurgeon.safetensors_format import build_header
+from ckptsurgeon.formats.safetensors import build_header
 
 
 def write_raw(
@@ -330,7 +330,7 @@ def test_bin_conversion_does_not_page_in_the_checkpoint(tmp_path):
 def test_a_safetensors_header_length_starting_with_0x80_is_not_a_pickle(tmp_path):
     """Files with no known extension are sniffed; a header length whose low byte is 0x80 (the
     pickle protocol opcode) must still read as safetensors."""
-    from ckptsurgeon.safetensors_format import build_header
+    from ckptsurgeon.formats.safetensors import build_header
 
     for pad in range(0, 64):
         header, _ = build_header([("w", "F32", (1,), 4)], {"format": "pt", "x": "y" * pad})

@@ -25,9 +25,9 @@ from test_format_and_reader import BAD_HEADERS, write_raw
 from ckptsurgeon import CorruptCheckpointError, apply, convert, drop, open_checkpoint, reinit
 from ckptsurgeon.cli import main
 from ckptsurgeon.dtypes import DTYPES, nbytes_of
-from ckptsurgeon.execute import execute
+from ckptsurgeon.formats.safetensors import build_header
 from ckptsurgeon.plan import initial_plan
-from ckptsurgeon.safetensors_format import build_header
+from ckptsurgeon.run.execute import execute
 
 
 def signals_as_usual() -> None:
@@ -588,7 +588,7 @@ def assert_interrupted(code: int, err: str, where: object) -> None:
 
 @pytest.mark.parametrize(
     "module", ["click", "ckptsurgeon.cli", "ckptsurgeon.api", "numpy",
-               "torch", "torch._C", "torch.nn", "ckptsurgeon.execute", "ckptsurgeon.writer"],
+               "torch", "torch._C", "torch.nn", "ckptsurgeon.run.execute", "ckptsurgeon.run.writer"],
 )  # fmt: skip
 def test_ctrl_c_while_any_module_loads_is_one_line_and_130(model_store, tmp_path, module):
     """A Ctrl-C in the first fraction of a second (while importing) printed a traceback and
@@ -802,7 +802,7 @@ def test_two_runs_to_one_dest_the_second_fails_at_once_and_the_first_publishes(
     held mid-write here, publishes intact; the lock file goes with the run."""
     import threading
 
-    from ckptsurgeon.compare import diff
+    from ckptsurgeon.tools.compare import diff
 
     src = model_store("bert", "safetensors")
     dest = tmp_path / "out"

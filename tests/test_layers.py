@@ -19,7 +19,7 @@ from conftest import (
 from test_hardening import assert_clean_error, cli, leftovers
 
 from ckptsurgeon import apply, layers, open_checkpoint
-from ckptsurgeon.safetensors_format import build_header
+from ckptsurgeon.formats.safetensors import build_header
 
 STACKS = {
     "bert": ("bert.encoder.layer", 4, "num_hidden_layers"),

@@ -10,7 +10,7 @@ import pytest
 from test_hardening import assert_clean_error, cli
 
 from ckptsurgeon import cast, diff, reinit
-from ckptsurgeon.plot import diff_grid, kind_of, write_plot
+from ckptsurgeon.tools.plot import diff_grid, kind_of, write_plot
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from test_hardening import cli, tree_hash
 
-from ckptsurgeon.safetensors_format import build_header
+from ckptsurgeon.formats.safetensors import build_header
 
 
 def _big(path: Path, n_layers: int = 12, elems: int = 2_000_000, offset: float = 0.0) -> Path:

@@ -10,7 +10,7 @@ import torch
 from conftest import REAL, assert_bitwise_equal, real_checkpoints, reference_state
 
 from ckptsurgeon import convert, drop, open_checkpoint, reinit
-from ckptsurgeon.selection import find_layer_stacks
+from ckptsurgeon.plan.selection import find_layer_stacks
 
 pytestmark = [
     pytest.mark.roundtrip,

@@ -11,7 +11,7 @@ import torch
 from conftest import LAYOUTS, assert_bitwise_equal, load_model, reference_state
 
 from ckptsurgeon import InitRuleError, PatternError, SelectionError, open_checkpoint, reinit
-from ckptsurgeon.init_rules import CHUNK_ELEMS, Rule, generate
+from ckptsurgeon.rules.bert import CHUNK_ELEMS, Rule, generate
 
 TOP = {"bert": 2, "bert-seqcls": 2, "roberta": 2, "distilbert": 2, "electra": 2}
 HAS_POOLER = {
@@ -264,7 +264,7 @@ def test_config_layer_count_mismatch(src_copy, tmp_path):
 
 
 def test_headless_and_distilbert_stacks(tmp_path):
-    from ckptsurgeon.selection import find_layer_stacks
+    from ckptsurgeon.plan.selection import find_layer_stacks
 
     assert find_layer_stacks(["encoder.layer.0.a", "encoder.layer.1.a", "pooler.dense.weight"]) == {
         "encoder.layer": [0, 1]
@@ -276,7 +276,7 @@ def test_headless_and_distilbert_stacks(tmp_path):
         ["model.layers.1.mlp.up_proj.weight", "model.layers.0.x", "lm_head.weight"]
     ) == {"model.layers": [0, 1]}
     with pytest.raises(SelectionError, match="no encoder layer stack found"):
-        from ckptsurgeon.selection import top_layer_patterns
+        from ckptsurgeon.plan.selection import top_layer_patterns
 
         top_layer_patterns(["a.weight"], 1, None, "x")
 
@@ -312,7 +312,7 @@ def test_one_gb_embedding_is_generated_in_bounded_memory(tmp_path):
     """Peak memory is a few chunks, not the tensor: a 1 GiB embedding re-initialised in < 200 MiB."""
     import sys
 
-    from ckptsurgeon.safetensors_format import build_header
+    from ckptsurgeon.formats.safetensors import build_header
 
     src = tmp_path / "emb.safetensors"
     rows, cols = 262_144, 1024

@@ -15,11 +15,11 @@ import time
 import pytest
 from test_hardening import cli
 
-import ckptsurgeon.execute as execute_module
-import ckptsurgeon.writer as writer_module
+import ckptsurgeon.run.execute as execute_module
+import ckptsurgeon.run.writer as writer_module
 from ckptsurgeon import convert, reinit
-from ckptsurgeon.checkpoint import open_checkpoint
 from ckptsurgeon.cli import _one_blas_thread
+from ckptsurgeon.formats.checkpoint import open_checkpoint
 from ckptsurgeon.pipeline import background
 
 
@@ -141,13 +141,13 @@ def test_runs_are_capped_so_write_back_still_starts(model_store, tmp_path, monke
 def test_import_ckptsurgeon_loads_only_what_is_used():
     code = (
         "import sys, ckptsurgeon\n"
-        "assert 'ckptsurgeon.inspection' not in sys.modules, 'inspection'\n"
+        "assert 'ckptsurgeon.tools.inspection' not in sys.modules, 'inspection'\n"
         "assert 'ckptsurgeon.api' not in sys.modules, 'api'\n"
         "assert 'numpy' not in sys.modules and 'torch' not in sys.modules\n"
         "for name in ckptsurgeon.__all__:\n"
         "    getattr(ckptsurgeon, name)\n"
         "assert callable(ckptsurgeon.diff) and callable(ckptsurgeon.inspect)\n"
-        "import ckptsurgeon.compare\n"
+        "import ckptsurgeon.tools.compare\n"
         "assert callable(ckptsurgeon.diff)\n"
         "try:\n"
         "    ckptsurgeon.nope\n"

@@ -19,7 +19,7 @@ from test_hardening import assert_clean_error, cli, leftovers, tree_hash
 
 from ckptsurgeon import PatternError, convert, drop, inspect, open_checkpoint, reinit
 from ckptsurgeon.errors import DestinationError
-from ckptsurgeon.safetensors_format import build_header
+from ckptsurgeon.formats.safetensors import build_header
 
 
 def _copy(src: Path, dst: Path) -> Path:

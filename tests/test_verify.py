@@ -8,7 +8,7 @@ import pytest
 from test_hardening import assert_clean_error, cli
 
 from ckptsurgeon import apply, convert, drop, reinit
-from ckptsurgeon.safetensors_format import build_header
+from ckptsurgeon.formats.safetensors import build_header
 
 pytestmark = pytest.mark.roundtrip  # also under the newest transformers 4.x in CI
 

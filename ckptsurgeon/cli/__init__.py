@@ -277,7 +277,7 @@ def inspect_cmd(
     src: str, patterns: tuple[str, ...], revision: str | None, as_json: bool, stats: bool
 ) -> None:
     """Show what is inside SRC: format, files, tensors, parameters, metadata."""
-    from ..inspection import inspect
+    from ..tools.inspection import inspect
 
     with _progress("inspect --stats") as bar:
         info = inspect(src, patterns, stats=stats, on_bytes=bar, revision=revision)
@@ -349,7 +349,7 @@ def verify_cmd(
     --against, every tensor the output's ckptsurgeon metadata does not name as changed equals
     SRC's. Exit 0 when every check passes, 1 when one fails (one line each), 2 on error.
     """
-    from ..verify import verify
+    from ..tools.verify import verify
 
     result = verify(
         path,
@@ -441,7 +441,7 @@ def diff_cmd(
     only_in_a, only_in_b (same_header with --names-only). Exit 0 when nothing differs beyond
     tolerance, 1 when something does, 2 on error.
     """
-    from ..compare import diff
+    from ..tools.compare import diff
 
     with _progress("diff") as bar:
         result = diff(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..checkpoint import wrapper_hint
+from ..formats.checkpoint import wrapper_hint
 from ..plan import Plan
 from .base import Operation
 

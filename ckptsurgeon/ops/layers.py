@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import SelectionError
 from ..plan import Plan, PlannedTensor
-from ..selection import config_get, config_layer_key, resolve_stack
+from ..plan.selection import config_get, config_layer_key, resolve_stack
 from .base import Operation, Option
 
 

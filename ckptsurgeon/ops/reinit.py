@@ -12,10 +12,10 @@ from dataclasses import replace
 
 from ..dtypes import DTYPES
 from ..errors import SelectionError
-from ..init_recorder import describe
-from ..init_rules import Skip, rule_for, std_from
-from ..model_rules import ModelInit, choose_rules
 from ..plan import Generate, ModelDraw, Plan, PlannedTensor, Skipped
+from ..rules.bert import Skip, rule_for, std_from
+from ..rules.model import ModelInit, choose_rules
+from ..rules.recorder import describe
 from ..ties import name_ties
 from .base import EXCLUDE, PATTERNS, SEED, Operation, Option
 from .select import select_names

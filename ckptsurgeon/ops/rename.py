@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-from ..checkpoint import normalise_name_prefixes, require_a_prefix, strip_first_prefix
 from ..errors import SelectionError
+from ..formats.checkpoint import normalise_name_prefixes, require_a_prefix, strip_first_prefix
 from ..plan import Copy, Plan
 from .base import STRIP_PREFIX, Operation, Option
 

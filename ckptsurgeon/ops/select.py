@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..plan import Plan
-from ..selection import resolve_selection
+from ..plan.selection import resolve_selection
 
 
 def select_names(

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..errors import SelectionError
-from ..init_rules import Rule, std_from
 from ..plan import Copy, Plan, PlannedTensor, Rows
+from ..rules.bert import Rule, std_from
 from ..ties import name_ties
 from .base import SEED, Operation, Option
 
@@ -50,7 +50,7 @@ _BIAS_ENDS = (
 def vocab_key(plan: Plan, embeddings: list[PlannedTensor]) -> str | None:
     """The (possibly dotted) config.json key of the vocabulary size: ``vocab_size``, or the
     sub-config's of the tower that holds the embeddings (CLIP: ``text_config.vocab_size``)."""
-    from ..selection import _SUB_CONFIGS, config_get
+    from ..plan.selection import _SUB_CONFIGS, config_get
 
     if _is_int(config_get(plan.config, "vocab_size")):
         return "vocab_size"
@@ -68,7 +68,7 @@ def _is_int(value: object) -> bool:
 def vocab_tensors(plan: Plan) -> tuple[int, list[PlannedTensor], str | None]:
     """The current vocabulary size, the tensors that have one row per token, and the config
     key that holds the size."""
-    from ..selection import config_get
+    from ..plan.selection import config_get
 
     embeddings = [t for t in plan.tensors if t.name.endswith(_EMBEDDING_ENDS) and len(t.shape) == 2]
     key = vocab_key(plan, embeddings)
@@ -107,7 +107,7 @@ def vocab_tensors(plan: Plan) -> tuple[int, list[PlannedTensor], str | None]:
 
 
 def plan_resize_vocab(plan: Plan, size: int, init: str, seed: int) -> Plan:
-    from ..selection import config_get
+    from ..plan.selection import config_get
 
     old, tensors, key = vocab_tensors(plan)
     if size == old:

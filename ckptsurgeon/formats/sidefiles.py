@@ -25,7 +25,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DestinationError, SourceReadError
+from ..errors import DestinationError, SourceReadError
 
 TMP_SUFFIX = ".ckptsurgeon-tmp"
 OLD_SUFFIX = ".ckptsurgeon-old"

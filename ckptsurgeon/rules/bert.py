@@ -22,9 +22,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .dtypes import DTYPES, from_float32, numel_of
-from .errors import InitRuleError
-from .pipeline import ordered_map
+from ..dtypes import DTYPES, from_float32, numel_of
+from ..errors import InitRuleError
+from ..pipeline import ordered_map
 
 CHUNK_ELEMS = 1 << 20  # part of the seed contract: changing it changes every value
 DEFAULT_STD = 0.02

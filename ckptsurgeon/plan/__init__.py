@@ -13,11 +13,11 @@ import copy
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .checkpoint import Checkpoint
-from .dtypes import nbytes_of
-from .init_rules import Rule
-from .record import encode
-from .sidefiles import SideFiles
+from ..dtypes import nbytes_of
+from ..formats.checkpoint import Checkpoint
+from ..formats.sidefiles import SideFiles
+from ..record import encode
+from ..rules.bert import Rule
 
 # What happens to a tensor (PlannedTensor.action, and "drop"), in the past tense for summaries
 PAST_TENSE = {

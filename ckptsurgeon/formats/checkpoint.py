@@ -17,8 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .config_json import read_config
-from .errors import (
+from ..errors import (
     CheckpointNotFoundError,
     CkptSurgeonError,
     ConfigError,
@@ -26,7 +25,8 @@ from .errors import (
     SelectionError,
     UnsupportedFormatError,
 )
-from .safetensors_format import read_header
+from .config_json import read_config
+from .safetensors import read_header
 from .tensorio import (
     SafetensorsReader,
     TensorInfo,

@@ -15,8 +15,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from .dtypes import DTYPES, nbytes_of
-from .errors import CorruptCheckpointError
+from ..dtypes import DTYPES, nbytes_of
+from ..errors import CorruptCheckpointError
 
 MAX_HEADER_SIZE = 100_000_000
 METADATA_KEY = "__metadata__"

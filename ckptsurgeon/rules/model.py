@@ -20,8 +20,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import InitRuleError, SelectionError
-from .init_recorder import RuleRecorder
+from ..errors import InitRuleError, SelectionError
+from .recorder import RuleRecorder
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np

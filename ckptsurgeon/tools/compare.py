@@ -15,11 +15,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .checkpoint import WRAPPER_PREFIXES, Checkpoint, TensorInfo, TensorReader, open_checkpoint
-from .dtypes import has_numeric_view, to_float
-from .patterns import as_patterns, raise_no_match, select
-from .pipeline import background
-from .ties import name_ties
+from ..dtypes import has_numeric_view, to_float
+from ..formats.checkpoint import (
+    WRAPPER_PREFIXES,
+    Checkpoint,
+    TensorInfo,
+    TensorReader,
+    open_checkpoint,
+)
+from ..patterns import as_patterns, raise_no_match, select
+from ..pipeline import background
+from ..ties import name_ties
 
 STATUSES = (
     "identical",
@@ -174,7 +180,7 @@ def diff(
     {'identical': 149, 'changed': 50}
     """
     if atol < 0 or rtol < 0 or math.isnan(atol) or math.isnan(rtol):
-        from .errors import SelectionError
+        from ..errors import SelectionError
 
         raise SelectionError("tolerances must be >= 0", f"atol={atol}, rtol={rtol}", "fix them")
     patterns, exclude = as_patterns(patterns), as_patterns(exclude)  # a bare string is one

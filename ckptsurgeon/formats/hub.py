@@ -15,7 +15,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import CheckpointNotFoundError
+from ..errors import CheckpointNotFoundError
 
 _REPO_ID_RE = re.compile(
     r"^(?P<repo>[A-Za-z0-9][\w.\-]{0,95}(?:/[A-Za-z0-9][\w.\-]{0,95})?)(?:@(?P<rev>[\w.\-/]+))?$"

@@ -8,9 +8,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .checkpoint import Checkpoint, TensorInfo, open_checkpoint
-from .dtypes import has_numeric_view, to_float
-from .patterns import as_patterns, select
+from ..dtypes import has_numeric_view, to_float
+from ..formats.checkpoint import Checkpoint, TensorInfo, open_checkpoint
+from ..patterns import as_patterns, select
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .dtypes import TORCH_TO_ST
-from .errors import CorruptCheckpointError, UnsafePickleError, UnsupportedFormatError
+from ..dtypes import TORCH_TO_ST
+from ..errors import CorruptCheckpointError, UnsafePickleError, UnsupportedFormatError
+from ..ties import canonical_of
 from .tensorio import CheckUnchanged, SafetensorsReader, TensorInfo, TensorReader, read_error
-from .ties import canonical_of
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -20,8 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import interrupts
-from .checkpoint import SAFE_INDEX, SAFE_SINGLE, Checkpoint, open_checkpoint, write_all
+from .. import interrupts
+from ..dtypes import DTYPES
+from ..errors import CkptSurgeonError, VerificationError
+from ..formats.checkpoint import SAFE_INDEX, SAFE_SINGLE, Checkpoint, open_checkpoint, write_all
+from ..formats.safetensors import build_header
+from ..formats.sidefiles import (
+    TMP_SUFFIX,
+    SideFiles,
+    copy_side_files,
+    plan_side_files,
+)
+from ..libc import libc_function
+from ..record import with_copied
 from .destination import (
     check_destination,
     destination_lock,
@@ -30,17 +41,6 @@ from .destination import (
     publish,
     remove_path,
     write_error,
-)
-from .dtypes import DTYPES
-from .errors import CkptSurgeonError, VerificationError
-from .libc import libc_function
-from .record import with_copied
-from .safetensors_format import build_header
-from .sidefiles import (
-    TMP_SUFFIX,
-    SideFiles,
-    copy_side_files,
-    plan_side_files,
 )
 
 DEFAULT_MAX_SHARD_SIZE = 5 * 10**9

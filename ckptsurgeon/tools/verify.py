@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointNotFoundError, CkptSurgeonError
-from .patterns import as_patterns, matches
-from .record import KEY, decode, recipe_of
+from ..errors import CheckpointNotFoundError, CkptSurgeonError
+from ..patterns import as_patterns, matches
+from ..record import KEY, decode, recipe_of
 
 
 class VerifyError(CkptSurgeonError, RuntimeError):
@@ -241,9 +241,9 @@ def _forward(model: Any) -> Check:
 def _against(path: Path, src: str | os.PathLike[str]) -> Check:
     """Unchanged tensors equal SRC's: the recorded recipe, planned again over SRC, says which
     tensors it changed (and under which names the others now are)."""
-    from .checkpoint import open_checkpoint, strip_prefixes
+    from ..formats.checkpoint import open_checkpoint, strip_prefixes
+    from ..recipe import Recipe, plan_recipe
     from .compare import diff
-    from .recipe import Recipe, plan_recipe
 
     out = open_checkpoint(path)
     if KEY not in out.metadata:

@@ -12,8 +12,8 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .dtypes import numel_of
-from .errors import CorruptCheckpointError, SourceReadError
+from ..dtypes import numel_of
+from ..errors import CorruptCheckpointError, SourceReadError
 
 # Called with a file name (and its fresh stat) before bytes are read from it, or with no
 # arguments to check every file: raises if a source file changed since it was listed.

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import CkptSurgeonError
-from .selection import find_layer_stacks
+from ..errors import CkptSurgeonError
+from ..plan.selection import find_layer_stacks
 
 KINDS = (
     "query",

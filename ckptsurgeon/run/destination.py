@@ -15,11 +15,11 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from .checkpoint import Checkpoint
-from .errors import CkptSurgeonError, DestinationError, WriteError
-from .libc import libc_function
-from .record import copied_entries
-from .sidefiles import LOCK_SUFFIX, OLD_SUFFIX, check_replaceable, is_weight_file
+from ..errors import CkptSurgeonError, DestinationError, WriteError
+from ..formats.checkpoint import Checkpoint
+from ..formats.sidefiles import LOCK_SUFFIX, OLD_SUFFIX, check_replaceable, is_weight_file
+from ..libc import libc_function
+from ..record import copied_entries
 
 
 def is_single_file(dest: str | os.PathLike[str]) -> bool:
@@ -39,7 +39,7 @@ def _within(path: str, folder: str) -> bool:
 def written_by_ckptsurgeon(dest: Path) -> set[str] | None:
     """The entries ckptsurgeon recorded copying into a directory it wrote, or None when the
     directory's weights were not written by ckptsurgeon."""
-    from .checkpoint import open_checkpoint
+    from ..formats.checkpoint import open_checkpoint
 
     try:
         return copied_entries(open_checkpoint(dest).metadata)

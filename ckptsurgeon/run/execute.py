@@ -16,13 +16,13 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
-from .checkpoint import Checkpoint
+from ..dtypes import DTYPES, cast_bytes, from_float32, numel_of, to_float
+from ..formats.checkpoint import Checkpoint
+from ..formats.tensorio import TensorInfo, TensorReader, write_all
+from ..pipeline import background, ordered_map
+from ..plan import Copy, Generate, ModelDraw, Plan, PlannedTensor, Rows
+from ..rules.bert import generate
 from .destination import is_single_file
-from .dtypes import DTYPES, cast_bytes, from_float32, numel_of, to_float
-from .init_rules import generate
-from .pipeline import background, ordered_map
-from .plan import Copy, Generate, ModelDraw, Plan, PlannedTensor, Rows
-from .tensorio import TensorInfo, TensorReader, write_all
 from .writer import (
     DEFAULT_MAX_SHARD_SIZE,
     KICK_BYTES,
@@ -202,7 +202,7 @@ def _model_values(
     p: PlannedTensor, draw: ModelDraw, engines: dict[str, Any], plan: Plan
 ) -> Iterator[bytes | memoryview]:
     """The architecture's own init for one tensor (the meta model is built once per run)."""
-    from .model_rules import ModelInit
+    from ..rules.model import ModelInit
 
     if "model" not in engines:
         engines["model"] = ModelInit.build(plan.config, plan.source)

@@ -6,10 +6,10 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from .checkpoint import WRAPPER_PREFIXES, wrapper_hint
-from .config_json import LAYER_COUNT_KEYS
-from .errors import PatternError, SelectionError
-from .patterns import as_patterns, select
+from ..errors import PatternError, SelectionError
+from ..formats.checkpoint import WRAPPER_PREFIXES, wrapper_hint
+from ..formats.config_json import LAYER_COUNT_KEYS
+from ..patterns import as_patterns, select
 
 # Numbered block stacks, with up to two components of prefix: BERT-family
 # ``bert.encoder.layer.N``, DeBERTa ``deberta.encoder.layer.N``, DistilBERT

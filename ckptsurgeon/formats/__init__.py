@@ -1,0 +1,1 @@
+"""Reading checkpoints: one module per format, and open_checkpoint that recognises them."""

@@ -1,0 +1,1 @@
+"""One run: stream a plan into DEST (executor, safetensors writer) and publish it."""

@@ -1,0 +1,1 @@
+"""The reading commands: inspect, diff, plot, verify."""
