@@ -15,7 +15,6 @@ from ..errors import SelectionError
 from ..plan import Generate, ModelDraw, Plan, PlannedTensor, Skipped
 from ..rules.bert import Skip, rule_for, std_from
 from ..rules.model import ModelInit, choose_rules
-from ..rules.recorder import describe
 from ..ties import name_ties
 from .base import EXCLUDE, PATTERNS, SEED, Operation, Option
 from .select import select_names
@@ -85,9 +84,9 @@ def plan_reinit(
                 skipped.append(Skipped(t.name, f"{t.dtype} tensor, never re-initialised"))
                 out.append(t)
                 continue
-            values = engine.values(source.name, t.shape, seed)
+            label = engine.rule(source.name, t.shape, seed)
             versions = tuple(sorted(engine.versions.items()))
-            draw = ModelDraw(source.name, seed, engine.last_rule or describe(values), versions)
+            draw = ModelDraw(source.name, seed, label, versions)
             out.append(PlannedTensor(t.name, t.dtype, t.shape, draw))
             continue
         try:

@@ -180,7 +180,19 @@ class ModelInit:
         )
 
     def values(self, name: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
-        """Float32 values of tensor ``name`` as the model's own init makes them."""
+        """Float32 values of tensor ``name`` as the model's own init makes them (the executor)."""
+        return self._draw(name, shape, seed, record=False)[0]
+
+    def rule(self, name: str, shape: tuple[int, ...], seed: int) -> str:
+        """The rule the model's own init applies to ``name`` (``normal(0, 0.02)``...), for the
+        plan: drawn once with its init calls recorded (:mod:`.recorder`)."""
+        return self._draw(name, shape, seed, record=True)[1]
+
+    def _draw(
+        self, name: str, shape: tuple[int, ...], seed: int, *, record: bool
+    ) -> tuple[np.ndarray, str]:
+        import contextlib
+
         import torch
 
         full, owner, leaf = self._locate(name)
@@ -202,7 +214,8 @@ class ModelInit:
             torch.manual_seed(_seed(seed, name))
             parts = full.split(".")[:-1]
             chain = [".".join(parts[:i]) for i in range(len(parts), -1, -1)]
-            with torch.no_grad(), RuleRecorder(real) as recorder:
+            recorder = RuleRecorder(real) if record else None
+            with torch.no_grad(), recorder or contextlib.nullcontext():
                 for path in chain:  # the owner first, then each ancestor, the model last
                     self.model._init_weights(self.model.get_submodule(path))
             out = getattr(owner, leaf).detach().float().numpy().copy()
@@ -211,6 +224,8 @@ class ModelInit:
                 owner._parameters[leaf] = current
             else:
                 owner._buffers[leaf] = current
+        if recorder is None:
+            return out, ""
         if not recorder.events and not recorder.unknown:
             raise InitRuleError(
                 f"{self.class_name}'s own init does not set {name} (its value is fixed when the "
@@ -218,10 +233,7 @@ class ModelInit:
                 name,
                 "leave it out of the selection (-x), or pass --rules bert",
             )
-        self.last_rule = recorder.rule(out)
-        return out
-
-    last_rule: str = ""
+        return out, recorder.rule(out)
 
 
 def _seed(seed: int, name: str) -> int:

@@ -7,6 +7,8 @@ tensor and names the rule they amount to (``normal(0, 0.02)``, ``trunc_normal(..
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -28,6 +30,12 @@ _INIT_FUNCTIONS = (
     "orthogonal_",
     "eye_",
 )
+
+
+@functools.cache
+def _signature(function: Any) -> inspect.Signature:
+    """An init function's signature, worked out once per process (not once per tensor)."""
+    return inspect.signature(function)
 
 
 class RuleRecorder:
@@ -106,9 +114,7 @@ class RuleRecorder:
         return False, None
 
     def _wrap(self, fname: str, original: Any) -> Any:
-        import inspect
-
-        signature = inspect.signature(original)
+        signature = _signature(original)
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if self.depth == 0:
