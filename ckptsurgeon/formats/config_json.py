@@ -18,7 +18,8 @@ from ..errors import ConfigError
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layers", "num_layers", "n_layer")
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """An int that is not a bool (JSON true is not a count)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -31,18 +32,18 @@ def _problem(cfg: dict[str, Any]) -> str | None:
         if not math.isfinite(value) or float(value) < 0:
             return f"initializer_range is {value!r}; it must be a finite number >= 0"
     vocab: Any = cfg.get("vocab_size")
-    if vocab is not None and (not _is_int(vocab) or vocab < 1):
+    if vocab is not None and (not is_int(vocab) or vocab < 1):
         return f"vocab_size is {vocab!r}, not a positive integer"
     if cfg.get("pad_token_id") is not None:
         pad = cfg["pad_token_id"]
-        if not _is_int(pad):
+        if not is_int(pad):
             return f"pad_token_id is {pad!r}, not an integer"
-        if pad < 0 or (_is_int(vocab) and pad >= vocab):
+        if pad < 0 or (is_int(vocab) and pad >= vocab):
             return f"pad_token_id {pad} is outside the vocabulary (vocab_size {vocab})"
     for key in LAYER_COUNT_KEYS:
         if key in cfg and cfg[key] is not None:
             value = cfg[key]
-            if not _is_int(value) or value < 0:
+            if not is_int(value) or value < 0:
                 return f"{key} is {value!r}, not a layer count"
     return None
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..errors import SelectionError
+from ..formats.config_json import is_int
 from ..plan import Copy, Plan, PlannedTensor, Rows
+from ..plan.selection import config_get, config_section
 from ..rules.bert import Rule, std_from
 from ..ties import name_ties
 from .base import SEED, Operation, Option
@@ -50,26 +52,15 @@ _BIAS_ENDS = (
 def vocab_key(plan: Plan, embeddings: list[PlannedTensor]) -> str | None:
     """The (possibly dotted) config.json key of the vocabulary size: ``vocab_size``, or the
     sub-config's of the tower that holds the embeddings (CLIP: ``text_config.vocab_size``)."""
-    from ..plan.selection import _SUB_CONFIGS, config_get
-
-    if _is_int(config_get(plan.config, "vocab_size")):
-        return "vocab_size"
-    for t in embeddings:
-        sub = _SUB_CONFIGS.get(t.name.split(".", 1)[0])
-        if sub is not None and _is_int(config_get(plan.config, f"{sub}.vocab_size")):
-            return f"{sub}.vocab_size"
+    for base in ("", *(config_section(plan.config, t.name) for t in embeddings)):
+        if is_int(config_get(plan.config, base + "vocab_size")):
+            return base + "vocab_size"
     return None
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def vocab_tensors(plan: Plan) -> tuple[int, list[PlannedTensor], str | None]:
     """The current vocabulary size, the tensors that have one row per token, and the config
     key that holds the size."""
-    from ..plan.selection import config_get
-
     embeddings = [t for t in plan.tensors if t.name.endswith(_EMBEDDING_ENDS) and len(t.shape) == 2]
     key = vocab_key(plan, embeddings)
     if key is not None:
@@ -107,8 +98,6 @@ def vocab_tensors(plan: Plan) -> tuple[int, list[PlannedTensor], str | None]:
 
 
 def plan_resize_vocab(plan: Plan, size: int, init: str, seed: int) -> Plan:
-    from ..plan.selection import config_get
-
     old, tensors, key = vocab_tensors(plan)
     if size == old:
         raise SelectionError(
@@ -118,7 +107,7 @@ def plan_resize_vocab(plan: Plan, size: int, init: str, seed: int) -> Plan:
     ids = config_get(plan.config, section) if section else plan.config
     token_ids = sorted((ids or {}).items(), key=lambda kv: (kv[0] != "pad_token_id", kv[0]))
     for name, value in token_ids:  # pad_token_id first, then bos, cls, eos, sep...
-        if name.endswith("_token_id") and _is_int(value) and size <= value < old:
+        if name.endswith("_token_id") and is_int(value) and size <= value < old:
             raise SelectionError(
                 f"{name} {value} does not fit a vocabulary of {size}",
                 plan.source,

@@ -4,7 +4,7 @@ A :class:`Plan` is pure data, printable (``--dry-run``) and built from headers a
 output tensor has a name, a shape and a *source*: a :class:`Copy` of a source tensor (under any
 name) or :class:`Generate`-d values (a rule, the name that seeds its stream, a seed), followed
 by zero or more casts (``casts``: each dtype in turn). Operations (``ckptsurgeon.ops``) are pure
-functions from plan to plan; one executor (:mod:`ckptsurgeon.execute`) streams any plan.
+functions from plan to plan; one executor (:mod:`ckptsurgeon.run.execute`) streams any plan.
 """
 
 from __future__ import annotations
@@ -201,8 +201,7 @@ class Plan:
         """The command: the verb for a one-step plan, else ``apply``."""
         if self.verb:
             return self.verb
-        ops = [s["op"] for s in self.steps if s["op"] != "config"] or ["config"]
-        return str(ops[0]) if len(self.steps) == 1 else "apply"
+        return str(self.steps[0]["op"]) if len(self.steps) == 1 else "apply"
 
     @property
     def seed(self) -> int | None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import PatternError, SelectionError
 from ..formats.checkpoint import WRAPPER_PREFIXES, wrapper_hint
-from ..formats.config_json import LAYER_COUNT_KEYS
+from ..formats.config_json import LAYER_COUNT_KEYS, is_int
 from ..patterns import as_patterns, select
 
 # Numbered block stacks, with up to two components of prefix: BERT-family
@@ -54,16 +54,21 @@ def config_layer_count(config: dict[str, Any] | None, stack: str = "") -> int | 
     return None if key is None else int(config_get(config, key))
 
 
+def config_section(config: dict[str, Any] | None, name: str) -> str:
+    """``"text_config."`` for a name in a tower whose settings live in a sub-config (CLIP's
+    ``text_model.*``), else ``""``: the prefix of that tower's config.json keys."""
+    sub = _SUB_CONFIGS.get(name.split(".")[0])
+    return f"{sub}." if sub is not None and isinstance(config_get(config, sub), dict) else ""
+
+
 def config_layer_key(config: dict[str, Any] | None, stack: str = "") -> str | None:
     """The (possibly dotted) config key holding the layer count of ``stack``, if any."""
-    sub = _SUB_CONFIGS.get(stack.split(".")[0])
-    base = f"{sub}." if sub is not None and isinstance(config_get(config, sub), dict) else ""
+    base = config_section(config, stack)
     keys = list(LAYER_COUNT_KEYS)
     if stack.split(".")[0] == "decoder" or ".decoder." in f".{stack}.":
         keys.insert(0, "num_decoder_layers")
     for key in keys:
-        value = config_get(config, base + key)
-        if isinstance(value, int) and not isinstance(value, bool):
+        if is_int(config_get(config, base + key)):
             return base + key
     return None
 
