@@ -10,9 +10,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import DestinationError
-from .formats.checkpoint import normalise_prefixes, open_checkpoint, strip_prefixes
-from .formats.sidefiles import plan_side_files
+from .errors import DestinationError, PatternError, SelectionError
+from .formats.checkpoint import lightning_hint, open_checkpoint
+from .formats.prefixes import normalise_prefixes, strip_prefixes
+from .formats.sidefiles import NO_CONFIG_WARNING, plan_side_files, with_reference_files
 from .ops.drop import dropped_head_hint
 from .patterns import as_patterns
 from .plan import Plan
@@ -53,6 +54,7 @@ def run(
     verb: str = "apply",
     strip_prefix: str | Sequence[str] = (),
     config_set: dict[str, Any] | Sequence[str] | None = None,
+    config_from: PathLike | None = None,
     revision: str | None = None,
     dry_run: bool = False,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
@@ -81,11 +83,17 @@ def run(
             {"set": "--config-set"},
         )
         recipe = Recipe((*recipe.steps, Step("config", values)))
-    ckpt = open_checkpoint(src, revision)
+    ckpt = open_checkpoint(src, revision, config_from)
     strip = normalise_prefixes(ckpt, as_patterns(strip_prefix))
     ckpt = strip_prefixes(ckpt, strip)
     ckpt.require_valid_config()
-    plan = plan_recipe(recipe, ckpt, label_steps=verb == "apply")
+    try:
+        plan = plan_recipe(recipe, ckpt, label_steps=verb == "apply")
+    except (SelectionError, PatternError) as exc:
+        prefix_hint = lightning_hint(ckpt) if not strip else ""
+        if not prefix_hint:
+            raise
+        raise type(exc)(exc.what, exc.where, f"{prefix_hint}; or {exc.hint}") from None
     plan = replace(
         plan, destination="" if dest is None else str(dest), verb=verb, input_strip=tuple(strip)
     )
@@ -98,6 +106,10 @@ def run(
     check_destination(ckpt, Path(dest), overwrite)
     if not is_single_file(dest):
         side = plan_side_files(ckpt.root, ckpt.own_files)
+        if ckpt.reference is not None:
+            side = with_reference_files(side, ckpt.reference)
+        elif ckpt.training:
+            side = replace(side, notes=(*side.notes, NO_CONFIG_WARNING))
         plan = replace(plan, side_files=side, warnings=(*plan.warnings, *side.notes))
     if dry_run:
         return Result(plan, None)
@@ -124,6 +136,7 @@ def apply(
     threads: int | None = None,
     revision: str | None = None,
     config_set: dict[str, Any] | Sequence[str] | None = None,
+    config_from: PathLike | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Result:
     """Run a recipe (a :class:`Recipe`, its steps as Python data, or a YAML/JSON file) over SRC
@@ -147,6 +160,7 @@ def apply(
         progress=progress,
         revision=revision,
         config_set=config_set,
+        config_from=config_from,
     )
 
 
@@ -175,6 +189,7 @@ def convert(
     src: PathLike,
     dest: PathLike | None = None,
     *,
+    dtype: str | None = None,
     strip_prefix: str | Sequence[str] = (),
     dry_run: bool = False,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
@@ -182,16 +197,21 @@ def convert(
     threads: int | None = None,
     revision: str | None = None,
     config_set: dict[str, Any] | Sequence[str] | None = None,
+    config_from: PathLike | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Result:
-    """Rewrite any readable checkpoint as safetensors with every value unchanged.
+    """Rewrite any readable checkpoint, training checkpoints included, as safetensors with every
+    value unchanged, or cast to ``dtype`` (``"bf16"``, ``"fp16"``, ``"fp32"``) on the way.
 
     ``strip_prefix`` removes wrapper prefixes such as ``module.`` from the names;
-    ``max_shard_size`` is bytes or a size such as ``"50KB"``.
+    ``max_shard_size`` is bytes or a size such as ``"50KB"``; ``config_from`` a model folder or
+    Hub id that supplies config.json and the tokenizer (a training checkpoint has none).
 
     >>> convert("bert-bin/", "bert-safetensors/")  # doctest: +SKIP
+    >>> convert("ckpts/step-5000/", "release/", dtype="bf16",
+    ...         config_from="bert-base-uncased")  # doctest: +SKIP
     """
-    return _verb("convert", src, dest, {}, **_run_options(locals()))
+    return _verb("convert", src, dest, {"dtype": dtype}, **_run_options(locals()))
 
 
 def drop(
@@ -207,6 +227,7 @@ def drop(
     threads: int | None = None,
     revision: str | None = None,
     config_set: dict[str, Any] | Sequence[str] | None = None,
+    config_from: PathLike | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Result:
     """Write the checkpoint without the selected tensors (patterns match stripped names).
@@ -237,6 +258,7 @@ def reinit(
     threads: int | None = None,
     revision: str | None = None,
     config_set: dict[str, Any] | Sequence[str] | None = None,
+    config_from: PathLike | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Result:
     """Re-initialise the selected tensors and write a new checkpoint: with BERT's rules
@@ -274,6 +296,7 @@ def cast(
     threads: int | None = None,
     revision: str | None = None,
     config_set: dict[str, Any] | Sequence[str] | None = None,
+    config_from: PathLike | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Result:
     """Cast floating tensors (all, or the selected ones) to ``bf16``, ``fp16`` or ``fp32``,
@@ -298,6 +321,7 @@ def rename(
     threads: int | None = None,
     revision: str | None = None,
     config_set: dict[str, Any] | Sequence[str] | None = None,
+    config_from: PathLike | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Result:
     """Rename tensors: ``strip_prefix``, then each ``(REGEX, REPL)`` of ``sub`` with
@@ -328,6 +352,7 @@ def layers(
     threads: int | None = None,
     revision: str | None = None,
     config_set: dict[str, Any] | Sequence[str] | None = None,
+    config_from: PathLike | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Result:
     """Keep (in a new order, repeats allowed) or drop blocks of a layer stack, renumbered
@@ -352,6 +377,7 @@ def resize_vocab(
     threads: int | None = None,
     revision: str | None = None,
     config_set: dict[str, Any] | Sequence[str] | None = None,
+    config_from: PathLike | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Result:
     """Grow or shrink every vocabulary-sized tensor to ``size`` rows (new rows: ``mean`` of
@@ -374,6 +400,7 @@ def config(
     threads: int | None = None,
     revision: str | None = None,
     config_set: dict[str, Any] | Sequence[str] | None = None,
+    config_from: PathLike | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Result:
     """Set config.json keys (``{"architectures": ["BertModel"]}`` or ``["KEY=JSON", ...]``);
@@ -393,6 +420,7 @@ _RUN_KEYWORDS = (
     "threads",
     "revision",
     "config_set",
+    "config_from",
     "progress",
 )
 

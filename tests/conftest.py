@@ -276,3 +276,17 @@ def save_models(base: Path, models: dict[str, Any]) -> dict[str, tuple[Path, Any
         model.save_pretrained(base / name)
         out[name] = (base / name, type(model))
     return out
+
+
+@pytest.fixture(scope="session")
+def training(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Training checkpoints written by DCP, FSDP2, DeepSpeed ZeRO and Lightning (built once per
+    test session; see training_checkpoints.py). Set CKPTSURGEON_TRAINING_CACHE to reuse a build
+    across sessions while developing."""
+    pytest.importorskip("deepspeed", reason="the test extra installs deepspeed")
+    pytest.importorskip("lightning", reason="the test extra installs lightning")
+    from training_checkpoints import build
+
+    cache = os.environ.get("CKPTSURGEON_TRAINING_CACHE")
+    root = Path(cache) if cache else tmp_path_factory.mktemp("training")
+    return build(root)

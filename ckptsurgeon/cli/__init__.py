@@ -175,6 +175,7 @@ def _verb_command(operation: Operation) -> None:
         threads: int | None,
         revision: str | None,
         config_set: tuple[str, ...],
+        config_from: str | None,
         **values: Any,
     ) -> None:
         from ..api import verb_recipe
@@ -185,7 +186,7 @@ def _verb_command(operation: Operation) -> None:
         recipe = verb_recipe(operation.name, values, labels=flags)
         _run_and_report(
             recipe, src, dest, operation.name, strip, dry_run, max_shard_size, overwrite,
-            as_json, threads, revision, config_set,
+            as_json, threads, revision, config_set, config_from,
         )  # fmt: skip
 
     details = operation.details
@@ -213,6 +214,7 @@ for _operation in OPERATIONS.values():
 def apply_cmd(
     recipe: str, src: str, dest: str, dry_run: bool, max_shard_size: int, overwrite: bool,
     as_json: bool, threads: int | None, revision: str | None, config_set: tuple[str, ...],
+    config_from: str | None,
 ) -> None:  # fmt: skip
     """Run the steps of RECIPE (YAML or JSON) over SRC in one streaming pass; write DEST.
 
@@ -225,7 +227,7 @@ def apply_cmd(
 
     _run_and_report(
         Recipe.load(recipe), src, dest, "apply", (), dry_run, max_shard_size, overwrite,
-        as_json, threads, revision, config_set,
+        as_json, threads, revision, config_set, config_from,
     )  # fmt: skip
 
 
@@ -242,6 +244,7 @@ def _run_and_report(
     threads: int | None,
     revision: str | None,
     config_set: Sequence[str] = (),
+    config_from: str | None = None,
 ) -> None:
     """Every writing command: run its recipe with a progress bar, then render the result."""
     from ..api import run
@@ -260,6 +263,7 @@ def _run_and_report(
             progress=bar,
             revision=revision,
             config_set=list(config_set),
+            config_from=config_from,
         )
     _report(result, as_json, dry_run=dry_run)
 
@@ -288,6 +292,7 @@ def inspect_cmd(
         return
     ckpt = info.checkpoint
     kind = ckpt.format + (f", sharded in {len(ckpt.files)} files" if ckpt.sharded else "")
+    kind += f" ({ckpt.detail})" if ckpt.detail else ""
     click.echo(f"format:     {kind}")
     if ckpt.index_file is not None:
         click.echo(f"index:      {ckpt.index_file}")
@@ -302,6 +307,8 @@ def inspect_cmd(
         click.echo(
             "tied:       " + ", ".join(f"{a} -> {c}" for a, c in sorted(ckpt.aliases.items()))
         )
+    if ckpt.not_read:
+        click.echo("not read:   " + ", ".join(ckpt.not_read))
     click.echo()
     headers = ["name", "dtype", "shape", "params"]
     if info.stats is not None:

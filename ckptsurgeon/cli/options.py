@@ -90,6 +90,12 @@ def _write_options(f: Any) -> Any:
         help="Threads for random values and casts [default: the CPUs this process may use].",
     )(f)
     f = _json_option("the plan and the result")(f)
+    f = click.option(
+        "--config-from",
+        metavar="REF",
+        help="A model folder or Hub id whose config.json, generation_config.json and tokenizer "
+        "files go beside the weights (a training checkpoint has none).",
+    )(f)
     f = _click_option(CONFIG_SET)(f)
     f = click.option(
         "--overwrite",

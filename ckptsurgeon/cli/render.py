@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from ..dtypes import numel_of
+from ..formats.sidefiles import NO_CONFIG_WARNING
 from ..plan import PAST_TENSE
 from ..sizes import format_size
 
@@ -213,7 +214,7 @@ def _report(result: Any, as_json: bool, *, dry_run: bool) -> None:
     w = result.written
     if not str(w.destination).endswith(".safetensors") and "config.json" not in w.copied:
         left_out = dict(plan.side_files.outside) if plan.side_files is not None else {}
-        if "config.json" not in left_out:
+        if "config.json" not in left_out and NO_CONFIG_WARNING not in plan.warnings:
             warn(
                 f"no config.json was copied into {w.destination} (SRC has none beside its "
                 "weights); add one before from_pretrained, which otherwise falls back to "

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import stat
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -22,7 +21,6 @@ from ..errors import (
     CkptSurgeonError,
     ConfigError,
     CorruptCheckpointError,
-    SelectionError,
     UnsupportedFormatError,
 )
 from .config_json import read_config
@@ -41,7 +39,6 @@ __all__ = [
     "TensorReader",
     "open_checkpoint",
     "read_error",
-    "strip_prefixes",
     "write_all",
 ]
 
@@ -50,6 +47,8 @@ SAFE_INDEX = "model.safetensors.index.json"
 BIN_SINGLE = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+TRAINING_FORMATS = ("dcp", "deepspeed", "lightning")
+ACCELERATE_MODEL_DCP = "pytorch_model_fsdp_0"
 
 
 @dataclass
@@ -57,7 +56,7 @@ class Checkpoint:
     """A readable checkpoint. Build it with :func:`open_checkpoint`."""
 
     path: Path
-    format: str  # "safetensors" or "pytorch"
+    format: str  # "safetensors", "pytorch", or a training format: "dcp", "deepspeed", "lightning"
     files: list[Path]
     tensors: list[TensorInfo]
     metadata: dict[str, str] = field(default_factory=dict)
@@ -67,6 +66,11 @@ class Checkpoint:
     config: dict[str, Any] | None = None
     config_error: ConfigError | None = None  # config.json is broken (see config.py)
     notes: list[str] = field(default_factory=list)  # warnings for the user
+    not_read: list[str] = field(default_factory=list)  # training state left alone
+    ranks: int = 0  # training checkpoints: the ranks that wrote it
+    detail: str = ""  # training checkpoints: what was read (stage, tag, ranks)
+    config_dir: Path | None = None  # where config.json is read, when not beside the weights
+    reference: Path | None = None  # --config-from: the model folder that supplies config.json
     _stamps: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
 
     @property
@@ -84,6 +88,11 @@ class Checkpoint:
         return [*self.files, *([self.index_file] if self.index_file is not None else [])]
 
     @property
+    def training(self) -> bool:
+        """Written by a trainer (DCP, DeepSpeed, Lightning): no config.json or tokenizer."""
+        return self.format in TRAINING_FORMATS
+
+    @property
     def sharded(self) -> bool:
         return self.index_file is not None
 
@@ -97,7 +106,7 @@ class Checkpoint:
 
     def reader(self) -> TensorReader:
         """A context manager that streams tensor bytes: ``with ckpt.reader() as r: ...``."""
-        if self.format == "safetensors":
+        if self.format != "pytorch":  # every byte's place is known: read straight from files
             return SafetensorsReader(self.check_unchanged)
         from .torch_bin import BinReader
 
@@ -122,112 +131,19 @@ class Checkpoint:
                 )
 
 
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-
-
-def wrapper_prefix(names: Sequence[str]) -> str | None:
-    """The wrapper prefix (DDP ``module.``, torch.compile ``_orig_mod.``) every name starts with."""
-    for prefix in WRAPPER_PREFIXES:
-        if names and all(n.startswith(prefix) for n in names):
-            return prefix
-    return None
-
-
-def wrapper_hint(names: Sequence[str]) -> str:
-    """A hint toward ``--strip-prefix`` when every name carries a wrapper prefix, else ''."""
-    prefix = wrapper_prefix(names)
-    if prefix is None:
-        return ""
-    return f"names start with {prefix!r} (saved from a wrapped model): pass --strip-prefix {prefix}"
-
-
-def _dotted_prefix(prefix: str, names: Sequence[str], where: str) -> str:
-    """``module`` means ``module.`` when every name starts with ``module.``; otherwise a prefix
-    that does not end at a dot would leave names starting with ``.`` or cut a word: refused."""
-    if not prefix or prefix.endswith("."):
-        return prefix
-    dotted = prefix + "."
-    if names and all(n.startswith(dotted) for n in names):
-        return dotted
-    raise SelectionError(
-        f"--strip-prefix {prefix!r} does not end with a dot and not every name starts with "
-        f"{dotted!r}",
-        where,
-        f"give --strip-prefix {dotted!r} to strip it where present",
-    )
-
-
-def normalise_prefixes(ckpt: Checkpoint, prefixes: str | Sequence[str]) -> list[str]:
-    """``--strip-prefix`` values as they will be applied (``module`` -> ``module.``)."""
-    return normalise_name_prefixes(prefixes, [*ckpt.names, *ckpt.aliases], str(ckpt.path))
-
-
-def normalise_name_prefixes(
-    prefixes: str | Sequence[str], names: Sequence[str], where: str
-) -> list[str]:
-    """``module`` means ``module.`` when every one of ``names`` starts with ``module.``."""
-    if isinstance(prefixes, str):
-        prefixes = (prefixes,)
-    return [_dotted_prefix(p, names, where) for p in prefixes]
-
-
-def strip_first_prefix(name: str, prefixes: Sequence[str]) -> str:
-    """``name`` without the first of ``prefixes`` it starts with (never the whole name)."""
-    for prefix in prefixes:
-        if prefix and name.startswith(prefix) and len(name) > len(prefix):
-            return name[len(prefix) :]
-    return name
-
-
-def require_a_prefix(names: Sequence[str], prefixes: Sequence[str], where: str) -> None:
-    """Refuse prefixes that strip nothing from any of ``names``."""
-    if not any(strip_first_prefix(n, prefixes) != n for n in names):
-        raise SelectionError(
-            "no tensor name starts with " + " or ".join(repr(p) for p in prefixes),
-            where,
-            f"names start like {names[0]!r}" if names else "check the prefix",
-        )
-
-
-def strip_prefixes(ckpt: Checkpoint, prefixes: str | Sequence[str]) -> Checkpoint:
-    """A view of ``ckpt`` with the first matching prefix removed from every name.
-
-    For checkpoints saved from wrapped models: ``module.`` (DistributedDataParallel) or
-    ``_orig_mod.`` (torch.compile), which transformers does not strip. ``module`` without the
-    dot is read as ``module.`` when every name starts with ``module.``. Two names that become
-    one are an error.
-    """
-    prefixes = normalise_prefixes(ckpt, prefixes)
-    if not prefixes:
-        return ckpt
-    require_a_prefix([*ckpt.names, *ckpt.aliases], prefixes, str(ckpt.path))
-
-    def strip(name: str) -> str:
-        return strip_first_prefix(name, prefixes)
-
-    seen: dict[str, str] = {}
-    tensors = []
-    for t in ckpt.tensors:
-        new = strip(t.name)
-        if new in seen:
-            raise SelectionError(
-                f"--strip-prefix makes {seen[new]!r} and {t.name!r} the same name {new!r}",
-                str(ckpt.path),
-                "strip a different prefix, or drop one of the two first",
-            )
-        seen[new] = t.name
-        tensors.append(replace(t, name=new, stored_name=t.key) if new != t.name else t)
-    aliases = {strip(a): strip(c) for a, c in ckpt.aliases.items()}
-    return replace(ckpt, tensors=tensors, aliases=aliases)
-
-
 # ---------------------------------------------------------------------------------------------
 # Locating weights
 
 
-def open_checkpoint(path: str | os.PathLike[str], revision: str | None = None) -> Checkpoint:
+def open_checkpoint(
+    path: str | os.PathLike[str],
+    revision: str | None = None,
+    config_from: str | os.PathLike[str] | None = None,
+) -> Checkpoint:
     """Open a checkpoint directory or file and list its tensors. A Hugging Face repo id
     (``org/name[@revision]``) that is no local path is looked up in the cache (see hub.py).
+    ``config_from`` (``--config-from``) is a model folder or repo id whose config.json is the
+    checkpoint's (a training checkpoint has none).
 
     >>> ckpt = open_checkpoint("my-bert")          # doctest: +SKIP
     >>> ckpt.format, len(ckpt.tensors)             # doctest: +SKIP
@@ -240,14 +156,140 @@ def open_checkpoint(path: str | os.PathLike[str], revision: str | None = None) -
         p = resolve(path, revision)
     try:
         ckpt = _open_dir(p) if p.is_dir() else _open_file(p)
-        base = ckpt.root if ckpt.root is not None else ckpt.path.parent
+        base = ckpt.config_dir or (ckpt.root if ckpt.root is not None else ckpt.path.parent)
+        if config_from is not None:
+            base = ckpt.reference = _reference(config_from)
         ckpt.config, ckpt.config_error = read_config(base / "config.json")
         if ckpt.config_error is not None:
             ckpt.notes.append(ckpt.config_error.message)
+        if ckpt.format == "dcp":
+            _fold_equal_ties(ckpt)
     except OSError as exc:
         if isinstance(exc, CkptSurgeonError):
             raise
         raise read_error(exc, exc.filename or p) from exc
+    return ckpt
+
+
+def _reference(ref: str | os.PathLike[str]) -> Path:
+    """The model folder ``--config-from`` names (a local folder, or a repo id in the cache)."""
+    p = Path(ref)
+    if not p.exists():
+        from .hub import resolve
+
+        p = resolve(ref, None)
+    if not p.is_dir() or not (p / "config.json").is_file():
+        raise CheckpointNotFoundError(
+            "--config-from needs a model folder holding config.json",
+            str(ref),
+            "give the folder (or Hub id) of the model the checkpoint was trained from",
+        )
+    return p
+
+
+def _fold_equal_ties(ckpt: Checkpoint) -> None:
+    """DCP stores a tied head a second time: fold it into its canonical name when the bytes are
+    equal (as ``save_pretrained`` writes it once); differing bytes are an error."""
+    from ..ties import name_ties
+
+    infos = {t.name: t for t in ckpt.tensors}
+    ties = name_ties(list(infos), ckpt.config)
+    with ckpt.reader() as reader:
+        for alias, canonical in ties.items():
+            a, c = infos[alias], infos[canonical]
+            if (a.dtype, a.shape) != (c.dtype, c.shape):
+                continue
+            equal = all(
+                bytes(x) == bytes(y)
+                for x, y in zip(reader.chunks(a), reader.chunks(c), strict=True)
+            )
+            if not equal:
+                raise CorruptCheckpointError(
+                    f"tensors {alias!r} and {canonical!r} are tied in the model but their "
+                    "stored values differ",
+                    str(ckpt.path),
+                    "set tie_word_embeddings to false in the config (--config-from) if the "
+                    "model is untied, or re-save the checkpoint",
+                )
+            ckpt.aliases[alias] = canonical
+
+
+def _open_training_dir(d: Path) -> Checkpoint | None:
+    """A DCP folder, accelerate's ``save_state`` folder or a DeepSpeed folder; else None."""
+    from .dcp import is_dcp, list_dcp
+    from .deepspeed import is_deepspeed, list_deepspeed
+
+    dcp_dir = d / ACCELERATE_MODEL_DCP if is_dcp(d / ACCELERATE_MODEL_DCP) else d
+    if is_dcp(dcp_dir):
+        found = list_dcp(dcp_dir)
+        return Checkpoint(
+            path=d,
+            format="dcp",
+            files=found.files,
+            tensors=found.tensors,
+            not_read=found.not_read,
+            ranks=found.ranks,
+            detail=f"{found.ranks} rank{'s' * (found.ranks != 1)}"
+            + (
+                f", the model DCP {ACCELERATE_MODEL_DCP}/ of accelerate's save_state"
+                if dcp_dir != d
+                else ""
+            ),
+            config_dir=d,
+            _stamps={str(f): _stamp(f) for f in found.files},
+        )
+    if is_deepspeed(d):
+        ds = list_deepspeed(d)
+        aliases = ds.aliases
+        infos = {t.name: t for t in ds.tensors}
+        tensors = [*ds.tensors, *(replace(infos[c], name=a) for a, c in aliases.items())]
+        return Checkpoint(
+            path=d,
+            format="deepspeed",
+            files=ds.files,
+            tensors=tensors,
+            aliases=dict(aliases),
+            not_read=ds.not_read,
+            ranks=ds.ranks,
+            detail=f"ZeRO stage {ds.stage}, tag {ds.folder.name}, {ds.ranks} ranks: the fp32 "
+            "master weights",
+            config_dir=d,
+            _stamps={str(f): _stamp(f) for f in ds.files},
+        )
+    return None
+
+
+def lightning_hint(ckpt: Checkpoint) -> str:
+    """Lightning names start with the LightningModule's attribute (``model.``): the hint to
+    strip it, or '' when they do not all start with one."""
+    if ckpt.format != "lightning" or not ckpt.names:
+        return ""
+    first = ckpt.names[0].split(".", 1)[0] + "."
+    if not all(n.startswith(first) for n in [*ckpt.names, *ckpt.aliases]):
+        return ""
+    return (
+        f"names start with {first!r}, the LightningModule's attribute: pass --strip-prefix "
+        f"{first} to write them as the model names them"
+    )
+
+
+def _open_lightning(p: Path) -> Checkpoint:
+    from .lightning import list_lightning
+
+    found = list_lightning(p)
+    ckpt = Checkpoint(
+        path=p,
+        format="lightning",
+        files=[p],
+        tensors=found.tensors,
+        aliases=found.aliases,
+        not_read=found.not_read,
+        config_dir=p.parent,
+        _stamps={str(p): _stamp(p)},
+    )
+    hint = lightning_hint(ckpt)
+    if hint:
+        ckpt.notes.append(hint)
     return ckpt
 
 
@@ -264,6 +306,9 @@ def _open_dir(d: Path) -> Checkpoint:
             ckpt.root = d
             ckpt.path = d
             return ckpt
+    training = _open_training_dir(d)
+    if training is not None:
+        return training
     entries = sorted(x.name for x in d.iterdir())
     singles = [n for n in entries if n.endswith(".safetensors") and (d / n).is_file()]
     if len(singles) == 1:
@@ -279,8 +324,8 @@ def _open_dir(d: Path) -> Checkpoint:
     raise CheckpointNotFoundError(
         f"no weights found (the directory holds: {listing})",
         str(d),
-        f"expected {SAFE_SINGLE}, {SAFE_INDEX}, {BIN_SINGLE} or {BIN_INDEX}; "
-        "or pass the weight file itself",
+        f"expected {SAFE_SINGLE}, {SAFE_INDEX}, {BIN_SINGLE} or {BIN_INDEX}, a training "
+        "checkpoint (DCP .metadata, DeepSpeed 'latest'); or pass the weight file itself",
     )
 
 
@@ -313,6 +358,11 @@ def _open_file(p: Path) -> Checkpoint:
         return ckpt
     if name.endswith(".safetensors"):
         return _open_safetensors(p)
+    if name.endswith(".ckpt"):
+        from .lightning import is_lightning
+
+        if is_lightning(p):
+            return _open_lightning(p)
     if name.endswith(TORCH_SUFFIXES):
         return _open_torch(p)
     # Unknown extension: sniff the first bytes.

@@ -176,6 +176,30 @@ def plan_side_files(root: Path | None, own_files: list[Path]) -> SideFiles:
     return SideFiles(tuple(files), tuple(dirs), tuple(notes), tuple(outside))
 
 
+# What --config-from takes from its model folder: the files a training checkpoint lacks.
+_REFERENCE_FILE_RE = re.compile(
+    r"^(config\.json|generation_config\.json|tokenizer(_config)?\.json|tokenizer\.model"
+    r"|special_tokens_map\.json|added_tokens\.json|vocab\.(txt|json)|merges\.txt"
+    r"|spiece\.model|sentencepiece\.bpe\.model|chat_template\.jinja|preprocessor_config\.json)$"
+)
+NO_CONFIG_WARNING = (
+    "a training checkpoint has no config.json or tokenizer: DEST gets none; pass --config-from "
+    "REF (the model folder or Hub id it was trained from) to write them beside the weights"
+)
+
+
+def with_reference_files(side: SideFiles, reference: Path) -> SideFiles:
+    """``side`` with ``--config-from``'s config.json, generation_config.json and tokenizer
+    files (those replace the source's of the same name)."""
+    chosen = []
+    for entry in sorted(os.scandir(reference), key=lambda e: e.name):
+        if _REFERENCE_FILE_RE.match(entry.name) and entry.is_file():
+            chosen.append((entry.name, entry.path))
+    names = {rel for rel, _ in chosen}
+    files = [f for f in side.files if f[0] not in names] + chosen
+    return SideFiles(tuple(sorted(files)), side.dirs, side.notes, side.outside)
+
+
 def copy_side_files(side: SideFiles, target: Path) -> None:
     """Copy the planned files into ``target`` as regular files (links are followed once, to the
     target that planning checked)."""

@@ -10,14 +10,36 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from ..dtypes import numel_of
+from ..dtypes import cast_bytes, numel_of
 from ..errors import CorruptCheckpointError, SourceReadError
 
 # Called with a file name (and its fresh stat) before bytes are read from it, or with no
 # arguments to check every file: raises if a source file changed since it was listed.
 CheckUnchanged = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class Part:
+    """A byte range of a file holding consecutive elements of a tensor (C order), stored as
+    ``dtype`` when that differs from the tensor's (widened exactly on reading)."""
+
+    file: str
+    offset: int
+    nbytes: int
+    dtype: str | None = None
+
+
+@dataclass(frozen=True)
+class Block:
+    """A rectangular chunk of a tensor (DCP's chunk grid): ``sizes`` elements at ``offsets``,
+    stored contiguously (C order) at ``offset`` in ``file``."""
+
+    file: str
+    offset: int
+    offsets: tuple[int, ...]
+    sizes: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -31,6 +53,10 @@ class TensorInfo:
     file: str
     offset: int | None = None  # absolute file offset of the bytes, where known
     stored_name: str | None = None  # the name in the file, when renamed (--strip-prefix)
+    # training checkpoints: the tensor is its parts back to back (ZeRO partitions, row-sharded
+    # DCP chunks), or is assembled from blocks of a chunk grid (column-sharded DCP chunks)
+    parts: tuple[Part, ...] = ()
+    blocks: tuple[Block, ...] = ()
 
     @property
     def key(self) -> str:
@@ -110,6 +136,9 @@ class SafetensorsReader(TensorReader):
         self._fds.clear()
 
     def chunks(self, info: TensorInfo, chunk_bytes: int = 8 << 20) -> Iterator[bytes | memoryview]:
+        if info.parts or info.blocks:  # chunks of exactly chunk_bytes, as from one file
+            yield from _exactly(self._pieces(info, chunk_bytes), chunk_bytes)
+            return
         assert info.offset is not None
         fd = self._fd(info.file)
         pos, end = info.offset, info.offset + info.nbytes
@@ -127,8 +156,62 @@ class SafetensorsReader(TensorReader):
             pos += len(data)
             yield data  # bytes: compares with memcmp, decodes with np.frombuffer
 
+    def _pieces(self, info: TensorInfo, chunk_bytes: int) -> Iterator[bytes | memoryview]:
+        if info.blocks:
+            yield from self._assemble(info, chunk_bytes)
+            return
+        for part in info.parts:
+            piece = _part_info(info, part)
+            if part.dtype is None or part.dtype == info.dtype:
+                yield from self.chunks(piece, chunk_bytes)
+                continue
+            for raw in self.chunks(piece, chunk_bytes):
+                yield cast_bytes(raw, part.dtype, info.dtype)[0]
+
+    def _assemble(self, info: TensorInfo, chunk_bytes: int) -> Iterator[memoryview]:
+        """A tensor from the blocks of a chunk grid, a band of whole rows (dim 0) at a time:
+        each block's rows in the band are one contiguous read, placed by numpy slicing."""
+        import numpy as np
+
+        shape = info.shape or (1,)
+        item = info.nbytes // max(1, numel_of(shape))
+        row_bytes = numel_of(shape[1:]) * item
+        band = max(1, chunk_bytes // max(1, row_bytes))
+        blocks = [(b, b.offsets or (0,), b.sizes or (1,)) for b in info.blocks]
+        for r0 in range(0, shape[0], band):
+            r1 = min(shape[0], r0 + band)
+            buf = np.empty((r1 - r0, *shape[1:], item), dtype=np.uint8)
+            for b, offs, sizes in blocks:
+                a0, a1 = max(r0, offs[0]), min(r1, offs[0] + sizes[0])
+                if a0 >= a1:
+                    continue
+                brow = numel_of(sizes[1:]) * item
+                piece = TensorInfo(
+                    info.name,
+                    "U8",
+                    ((a1 - a0) * brow,),
+                    (a1 - a0) * brow,
+                    b.file,
+                    b.offset + (a0 - offs[0]) * brow,
+                )
+                data = b"".join(bytes(c) for c in self.chunks(piece))
+                cols = [slice(o, o + n) for o, n in zip(offs[1:], sizes[1:], strict=True)]
+                where = (slice(a0 - r0, a1 - r0), *cols)
+                buf[where] = np.frombuffer(data, np.uint8).reshape((a1 - a0, *sizes[1:], item))
+            yield buf.reshape(-1).data
+
     def copy_to(self, info: TensorInfo, fd: int) -> None:
         """Copy bytes file-to-file in the kernel (``copy_file_range``), no user-space buffer."""
+        if info.parts:
+            for part in info.parts:
+                if part.dtype is not None and part.dtype != info.dtype:
+                    for chunk in self.chunks(replace(info, parts=(part,))):
+                        write_all(fd, chunk)
+                else:
+                    self.copy_to(_part_info(info, part), fd)
+            return None
+        if info.blocks:
+            return super().copy_to(info, fd)
         assert info.offset is not None
         if not self._fast_copy:
             return super().copy_to(info, fd)
@@ -155,6 +238,25 @@ class SafetensorsReader(TensorReader):
             pos += n
             remaining -= n
         return None
+
+
+def _exactly(pieces: Iterator[bytes | memoryview], size: int) -> Iterator[bytes | memoryview]:
+    """The bytes of ``pieces`` re-cut into chunks of exactly ``size`` (the last shorter)."""
+    buf = bytearray()
+    for piece in pieces:
+        if not buf and len(piece) == size:
+            yield piece
+            continue
+        buf += piece
+        while len(buf) >= size:
+            yield bytes(buf[:size])
+            del buf[:size]
+    if buf:
+        yield bytes(buf)
+
+
+def _part_info(info: TensorInfo, part: Part) -> TensorInfo:
+    return TensorInfo(info.name, "U8", (part.nbytes,), part.nbytes, part.file, part.offset)
 
 
 def read_error(exc: OSError, path: object) -> SourceReadError:

@@ -36,6 +36,9 @@ class Option:
     min_open: bool = False  # minimum itself excluded
     maximum: float | None = None
     required: bool = False
+    # left out of the step when unset, so that runs from before the option existed are recorded
+    # (and write bytes) as they were
+    omit_unset: bool = False
 
     @property
     def multiple(self) -> bool:
@@ -192,6 +195,11 @@ class Operation:
                     f"the keys of {self.name} are: {listed}",
                 )
         labels = labels or {}
-        return {
+        checked = {
             o.key: o.check(values.get(o.key), where, labels.get(o.key, "")) for o in self.options
+        }
+        return {
+            o.key: checked[o.key]
+            for o in self.options
+            if not (o.omit_unset and checked[o.key] is None)
         }

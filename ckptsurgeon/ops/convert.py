@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from ..formats.checkpoint import wrapper_hint
+from ..dtypes import CAST_TARGETS, CASTABLE
+from ..formats.prefixes import wrapper_hint
 from ..plan import Plan
-from .base import Operation
+from .base import Operation, Option
+from .cast import plan_cast
 
 
-def plan_convert(plan: Plan) -> Plan:
+def plan_convert(plan: Plan, dtype: str | None = None) -> Plan:
+    if dtype is not None:  # cast on the way (a training checkpoint to a bf16 release)
+        target = CAST_TARGETS[dtype]
+        if any(t.dtype in CASTABLE and t.dtype != target for t in plan.tensors):
+            plan = plan_cast(plan, dtype, [], [])
     hint = wrapper_hint(plan.names)
     if hint:
         plan = plan.warn(
@@ -19,8 +25,17 @@ def plan_convert(plan: Plan) -> Plan:
 
 CONVERT = Operation(
     "convert",
-    "Rewrite SRC as safetensors at DEST with every value unchanged.",
-    (),
+    "Rewrite SRC as safetensors at DEST with every value unchanged (or cast with --dtype).",
+    (
+        Option(
+            "dtype",
+            ("--dtype",),
+            "choice",
+            "Cast floating tensors on the way, as cast does.",
+            choices=tuple(CAST_TARGETS),
+            omit_unset=True,
+        ),
+    ),
     plan_convert,
     details=(
         "DEST ending in .safetensors is written as that single file; otherwise DEST is a model "

@@ -12,7 +12,7 @@ import re
 from dataclasses import replace
 
 from ..errors import SelectionError
-from ..formats.checkpoint import normalise_name_prefixes, require_a_prefix, strip_first_prefix
+from ..formats.prefixes import normalise_name_prefixes, require_a_prefix, strip_first_prefix
 from ..plan import Copy, Plan
 from .base import STRIP_PREFIX, Operation, Option
 

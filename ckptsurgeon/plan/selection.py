@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import PatternError, SelectionError
-from ..formats.checkpoint import WRAPPER_PREFIXES, wrapper_hint
 from ..formats.config_json import LAYER_COUNT_KEYS, is_int
+from ..formats.prefixes import WRAPPER_PREFIXES, wrapper_hint
 from ..patterns import as_patterns, select
 
 # Numbered block stacks, with up to two components of prefix: BERT-family

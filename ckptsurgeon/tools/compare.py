@@ -16,13 +16,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..dtypes import has_numeric_view, to_float
-from ..formats.checkpoint import (
-    WRAPPER_PREFIXES,
-    Checkpoint,
-    TensorInfo,
-    TensorReader,
-    open_checkpoint,
-)
+from ..formats.checkpoint import Checkpoint, TensorInfo, TensorReader, open_checkpoint
+from ..formats.prefixes import WRAPPER_PREFIXES
 from ..patterns import as_patterns, raise_no_match, select
 from ..pipeline import background
 from ..ties import name_ties

@@ -81,6 +81,9 @@ class Inspection:
             rows.append(row)
         return {
             "format": ckpt.format,
+            "detail": ckpt.detail or None,
+            "ranks": ckpt.ranks or None,
+            "not_read": list(ckpt.not_read),
             "sharded": ckpt.sharded,
             "files": [str(f) for f in ckpt.files],
             "index": str(ckpt.index_file) if ckpt.index_file else None,

@@ -241,7 +241,8 @@ def _forward(model: Any) -> Check:
 def _against(path: Path, src: str | os.PathLike[str]) -> Check:
     """Unchanged tensors equal SRC's: the recorded recipe, planned again over SRC, says which
     tensors it changed (and under which names the others now are)."""
-    from ..formats.checkpoint import open_checkpoint, strip_prefixes
+    from ..formats.checkpoint import open_checkpoint
+    from ..formats.prefixes import strip_prefixes
     from ..recipe import Recipe, plan_recipe
     from .compare import diff
 
