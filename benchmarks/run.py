@@ -4,6 +4,7 @@ steps run one by one.
     python benchmarks/run.py                 # everything (needs ~30 GB of free disk, ~25 min)
     python benchmarks/run.py --skip-6gb      # bert-base and bert-large only
     python benchmarks/run.py --reps 5      # pairs per figure (bert-base: at least 9)
+    python benchmarks/run.py --skip-training  # without the DCP/ZeRO-3 checkpoints (training.py)
 
 It builds synthetic checkpoints with real names and shapes (bert-base fp32, bert-large fp32, the
 same with DDP's `module.` prefix, and a ~6 GB 4-shard bf16 decoder-style checkpoint, written by
@@ -492,6 +493,11 @@ def main() -> None:
     parser.add_argument("--skip-6gb", action="store_true")
     parser.add_argument("--skip-large", action="store_true", help="skip bert-large")
     parser.add_argument("--skip-base", action="store_true", help="skip bert-base and its targets")
+    parser.add_argument(
+        "--skip-training",
+        action="store_true",
+        help="skip the DCP and ZeRO-3 training checkpoints (benchmarks/training.py)",
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(HERE.parent))
     # what `pip install` does: without it, PYTHONDONTWRITEBYTECODE=1 (set on this machine) makes
@@ -652,6 +658,12 @@ def suites(args: argparse.Namespace, report: Report) -> None:
             worst[0] < 400,
             f"max {worst[0]:.0f} MiB ({worst[1]})",
         )
+
+    if not args.skip_training:
+        # training checkpoints (DCP from FSDP2, DeepSpeed ZeRO-3) to a release: training.py
+        from training import suite as training_suite
+
+        training_suite(report, args.reps)
 
     rng_report(report)
 

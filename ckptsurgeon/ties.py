@@ -79,3 +79,16 @@ def name_ties(names: Sequence[str], config: dict[str, Any] | None) -> dict[str, 
             candidates = [w for w in word if w.split(".")[0] == name.split(".")[0]] or word
             ties[name] = candidates[0]
     return ties
+
+
+def head_ties(names: Sequence[str], config: dict[str, Any] | None) -> dict[str, str]:
+    """``lm_head.weight`` and the input embedding, when both are stored and the config does not
+    say ``tie_word_embeddings: false`` (GPT-2, Llama-style tied heads): ``{alias: canonical}``.
+    Whether they are really tied is for the caller to check (their bytes)."""
+    if (config or {}).get("tie_word_embeddings", True) is False:
+        return {}
+    heads = [n for n in names if n.rsplit(".", 2)[-2:] == ["lm_head", "weight"]]
+    inputs = [n for n in names if n.endswith(_INPUT_EMBEDDING_ENDS)]
+    if len(heads) != 1 or len(inputs) != 1:
+        return {}
+    return {heads[0]: inputs[0]}

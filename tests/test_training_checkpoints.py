@@ -474,3 +474,62 @@ def test_a_dcp_tied_head_that_differs_is_an_error_naming_both(tmp_path: Path):
         "are tied in the model but their stored values differ" in r.output
     )
     assert torch.is_tensor(sd["cls.predictions.bias"])
+
+
+@pytest.mark.roundtrip
+def test_a_dcp_tied_lm_head_is_written_once(tmp_path: Path):
+    """GPT-2's lm_head.weight is its wte.weight: DCP stores both; the release, like
+    save_pretrained, stores the embedding once and loads with nothing missing."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    import transformers as tf
+
+    torch.manual_seed(0)
+    cfg = tf.GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=50, n_positions=32)
+    model = tf.GPT2LMHeadModel(cfg)
+    model.config.architectures = ["GPT2LMHeadModel"]
+    model.config.save_pretrained(tmp_path / "ref")
+    dcp.save({"model": model.state_dict()}, checkpoint_id=str(tmp_path / "ckpt"))
+    r = run_cli("convert", tmp_path / "ckpt", tmp_path / "out", "--config-from", tmp_path / "ref")
+    assert r.exit_code == 0, r.output
+    assert "skipped lm_head.weight: tied alias of transformer.wte.weight" in r.output
+    assert "lm_head.weight" not in tensors(tmp_path / "out" / "model.safetensors")
+    loaded, info = tf.GPT2LMHeadModel.from_pretrained(tmp_path / "out", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert torch.equal(loaded.lm_head.weight, model.transformer.wte.weight)
+
+
+class Opaque:
+    """A hyper-parameter of a class outside the allow-list."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+def test_a_lightning_checkpoint_naming_other_classes_is_refused(tmp_path: Path):
+    import lightning as L
+    import torch
+
+    class Module(L.LightningModule):
+        def __init__(self, extra: Opaque) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+            self.layer = torch.nn.Linear(2, 2)
+
+        def training_step(self, batch: Any, _: int) -> Any:
+            return self.layer(batch).sum()
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    trainer = L.Trainer(
+        max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(Module(Opaque(3)), torch.utils.data.DataLoader(torch.ones(2, 2), batch_size=2))
+    trainer.save_checkpoint(tmp_path / "run.ckpt")
+    r = run_cli("convert", tmp_path / "run.ckpt", tmp_path / "out")
+    assert r.exit_code == 2
+    assert "refused to unpickle" in r.output
+    assert "Opaque" in r.output
+    assert not (tmp_path / "out").exists()

@@ -190,12 +190,13 @@ def _reference(ref: str | os.PathLike[str]) -> Path:
 def _fold_equal_ties(ckpt: Checkpoint) -> None:
     """DCP stores a tied head a second time: fold it into its canonical name when the bytes are
     equal (as ``save_pretrained`` writes it once); differing bytes are an error."""
-    from ..ties import name_ties
+    from ..ties import head_ties, name_ties
 
     infos = {t.name: t for t in ckpt.tensors}
     ties = name_ties(list(infos), ckpt.config)
+    maybe = head_ties(list(infos), ckpt.config)  # lm_head: folded only when equal
     with ckpt.reader() as reader:
-        for alias, canonical in ties.items():
+        for alias, canonical in {**ties, **maybe}.items():
             a, c = infos[alias], infos[canonical]
             if (a.dtype, a.shape) != (c.dtype, c.shape):
                 continue
@@ -203,6 +204,8 @@ def _fold_equal_ties(ckpt: Checkpoint) -> None:
                 bytes(x) == bytes(y)
                 for x, y in zip(reader.chunks(a), reader.chunks(c), strict=True)
             )
+            if not equal and alias in maybe:
+                continue  # an untied head
             if not equal:
                 raise CorruptCheckpointError(
                     f"tensors {alias!r} and {canonical!r} are tied in the model but their "
