@@ -395,68 +395,65 @@ def test_a_malicious_dcp_metadata_is_refused_and_never_run(training: Path, tmp_p
     assert not (tmp_path / "out").exists()
 
 
-def test_a_missing_rank_file_names_the_file_and_a_tensor(training: Path, tmp_path: Path):
-    src = tmp_path / "fsdp2"
-    shutil.copytree(training / "fsdp2", src)
-    (src / "__1_0.distcp").unlink()
+def broken_copy(training: Path, tmp_path: Path, name: str, damage: Any) -> str:
+    """Copy a checkpoint, ``damage(copy)``, convert it: exit 2, nothing written; the error."""
+    src = tmp_path / name
+    shutil.copytree(training / name, src)
+    damage(src)
     r = run_cli("convert", src, tmp_path / "out")
-    assert r.exit_code == 2
-    assert "rank file __1_0.distcp is missing (it holds tensor 'model.bert.embeddings" in r.output
+    assert r.exit_code == 2, r.output
     assert not (tmp_path / "out").exists()
+    return str(r.output)
+
+
+def test_a_missing_rank_file_names_the_file_and_a_tensor(training: Path, tmp_path: Path):
+    out = broken_copy(training, tmp_path, "fsdp2", lambda src: (src / "__1_0.distcp").unlink())
+    assert "rank file __1_0.distcp is missing (it holds tensor 'model.bert.embeddings" in out
 
 
 def test_a_truncated_rank_file_is_an_error(training: Path, tmp_path: Path):
-    src = tmp_path / "fsdp2"
-    shutil.copytree(training / "fsdp2", src)
-    meta = pickle.loads((src / ".metadata").read_bytes())
-    ends = [
-        info.offset + info.length
-        for index, info in meta.storage_data.items()
-        if index.fqn.startswith("model.") and info.relative_path == "__1_0.distcp"
-    ]
-    rank = src / "__1_0.distcp"
-    rank.write_bytes(rank.read_bytes()[: max(ends) - 10])
-    r = run_cli("convert", src, tmp_path / "out")
-    assert r.exit_code == 2
-    assert "rank file __1_0.distcp ends before chunk" in r.output
-    assert not (tmp_path / "out").exists()
+    def truncate(src: Path) -> None:  # inside the last model chunk of rank 1
+        meta = pickle.loads((src / ".metadata").read_bytes())
+        ends = [
+            info.offset + info.length
+            for index, info in meta.storage_data.items()
+            if index.fqn.startswith("model.") and info.relative_path == "__1_0.distcp"
+        ]
+        rank = src / "__1_0.distcp"
+        rank.write_bytes(rank.read_bytes()[: max(ends) - 10])
+
+    out = broken_copy(training, tmp_path, "fsdp2", truncate)
+    assert "rank file __1_0.distcp ends before chunk" in out
 
 
 def test_chunks_that_do_not_cover_a_tensor_are_an_error(training: Path, tmp_path: Path):
     """The metadata rewritten with DCP's own classes, one chunk of one tensor left out."""
-    src = tmp_path / "fsdp2"
-    shutil.copytree(training / "fsdp2", src)
-    meta = pickle.loads((src / ".metadata").read_bytes())
-    entry = meta.state_dict_metadata["model.bert.embeddings.word_embeddings.weight"]
-    entry.chunks.pop()
-    (src / ".metadata").write_bytes(pickle.dumps(meta))
-    r = run_cli("convert", src, tmp_path / "out")
-    assert r.exit_code == 2
-    assert (
-        "the chunks of tensor 'model.bert.embeddings.word_embeddings.weight' do not cover it"
-        in r.output
-    )
+
+    def drop_a_chunk(src: Path) -> None:
+        meta = pickle.loads((src / ".metadata").read_bytes())
+        meta.state_dict_metadata["model.bert.embeddings.word_embeddings.weight"].chunks.pop()
+        (src / ".metadata").write_bytes(pickle.dumps(meta))
+
+    out = broken_copy(training, tmp_path, "fsdp2", drop_a_chunk)
+    assert "the chunks of tensor 'model.bert.embeddings.word_embeddings.weight' do not cover" in out
 
 
 def test_latest_naming_a_missing_tag_is_an_error(training: Path, tmp_path: Path):
-    src = tmp_path / "zero"
-    shutil.copytree(training / "zero3-fp32", src)
-    (src / "latest").write_text("global_step9")
-    r = run_cli("convert", src, tmp_path / "out")
-    assert r.exit_code == 2
-    assert "latest names tag 'global_step9', which is not in the folder" in r.output
+    out = broken_copy(
+        training, tmp_path, "zero3-fp32", lambda src: (src / "latest").write_text("global_step9")
+    )
+    assert "latest names tag 'global_step9', which is not in the folder" in out
     # the tag folder itself is a checkpoint
-    r = run_cli("convert", src / "global_step1", tmp_path / "out")
+    r = run_cli("convert", training / "zero3-fp32" / "global_step1", tmp_path / "out")
     assert r.exit_code == 0, r.output
 
 
 def test_a_missing_zero_rank_is_an_error(training: Path, tmp_path: Path):
-    src = tmp_path / "zero"
-    shutil.copytree(training / "zero2-fp32", src)
-    (src / "global_step1" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").unlink()
-    r = run_cli("convert", src, tmp_path / "out")
-    assert r.exit_code == 2
-    assert "the run had 2 ranks but 1 optimizer state files are here" in r.output
+    def lose_rank_1(src: Path) -> None:
+        (src / "global_step1" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").unlink()
+
+    out = broken_copy(training, tmp_path, "zero2-fp32", lose_rank_1)
+    assert "the run had 2 ranks but 1 optimizer state files are here" in out
 
 
 def test_a_dcp_tied_head_that_differs_is_an_error_naming_both(tmp_path: Path):

@@ -250,8 +250,13 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 def restricted_loads(data: bytes, where: str, allowed: dict[tuple[str, str], Any]) -> Any:
     """Unpickle a plain pickle (no storages) with an allow-list."""
+    return _load(RestrictedUnpickler(data, where, allowed), where)
+
+
+def _load(unpickler: RestrictedUnpickler, where: str) -> Any:
+    """Run an unpickler; whatever a damaged pickle makes it raise is one corrupt-file error."""
     try:
-        return RestrictedUnpickler(data, where, allowed).load()
+        return unpickler.load()
     except (UnsafePickleError, CorruptCheckpointError):
         raise
     except RecursionError:
@@ -334,16 +339,7 @@ def list_archive(
         offset, nbytes = members[pkl[0]]
         raw.seek(offset)
         data = raw.read(nbytes)
-    try:
-        return RestrictedUnpickler(data, where, globals_, storages).load()
-    except (UnsafePickleError, CorruptCheckpointError):
-        raise
-    except RecursionError:
-        raise CorruptCheckpointError("pickle nested too deep", where, "re-export it") from None
-    except Exception as exc:
-        raise CorruptCheckpointError(
-            f"corrupt pickle ({type(exc).__name__}: {str(exc)[:120]})", where, "re-export it"
-        ) from None
+    return _load(RestrictedUnpickler(data, where, globals_, storages), where)
 
 
 def lazy_tensors(obj: Any) -> list[LazyTensor]:
