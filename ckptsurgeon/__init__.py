@@ -38,6 +38,7 @@ _LAZY = {
     "cast": "api",
     "config": "api",
     "convert": "api",
+    "average": "api",
     "drop": "api",
     "layers": "api",
     "reinit": "api",
@@ -62,6 +63,7 @@ if _typing.TYPE_CHECKING:  # pragma: no cover
     from .api import (
         Result,
         apply,
+        average,
         cast,
         config,
         convert,
@@ -120,6 +122,7 @@ __all__ = [
     "WriteError",
     "__version__",
     "apply",
+    "average",
     "cast",
     "config",
     "convert",

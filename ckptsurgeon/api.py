@@ -121,6 +121,7 @@ def run(
         overwrite=overwrite,
         threads=threads,
         progress=progress,
+        inputs=[open_checkpoint(p) for p in plan.inputs],
     )
     return Result(plan, done.written, done.notes)
 
@@ -212,6 +213,33 @@ def convert(
     ...         config_from="bert-base-uncased")  # doctest: +SKIP
     """
     return _verb("convert", src, dest, {"dtype": dtype}, **_run_options(locals()))
+
+
+def average(
+    srcs: Sequence[PathLike],
+    dest: PathLike | None = None,
+    *,
+    weights: Sequence[float] | str | None = None,
+    dry_run: bool = False,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    overwrite: bool = False,
+    threads: int | None = None,
+    revision: str | None = None,
+    config_set: dict[str, Any] | Sequence[str] | None = None,
+    config_from: PathLike | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Result:
+    """The (weighted) mean of checkpoints of one model: every floating tensor becomes
+    ``sum(w_i * x_i) / sum(w_i)`` in float64, rounded once; side files come from ``srcs[0]``.
+
+    >>> average(["run/step-800", "run/step-900", "run/step-1000"], "soup/")  # doctest: +SKIP
+    """
+    if isinstance(srcs, str | os.PathLike) or len(srcs) < 2:
+        raise DestinationError(
+            "average needs at least two checkpoints", "srcs", "give a list of SRC paths"
+        )
+    options = {"with": [str(s) for s in srcs[1:]], "weights": weights}
+    return _verb("average", srcs[0], dest, options, **_run_options(locals()))
 
 
 def drop(

@@ -192,13 +192,28 @@ def _verb_command(operation: Operation) -> None:
     details = operation.details
     callback.__doc__ = operation.summary + (f"\n\n{details}" if details else "")
     command: Any = callback
+    if operation.inputs:  # SRC SRC [SRC...] DEST: the first SRC, the rest under the recipe key
+        key = operation.inputs
+
+        def several(srcs: tuple[str, ...], **kwargs: Any) -> None:
+            if len(srcs) < 2:
+                raise click.UsageError(f"{operation.name} needs at least two SRC and a DEST")
+            kwargs[key] = list(srcs[1:])
+            callback(srcs[0], **kwargs)
+
+        several.__doc__ = callback.__doc__
+        command = several
     command = _write_options(command)
     if takes_strip:
         command = _click_option(STRIP_PREFIX)(command)
     for opt in reversed(operation.options):
-        command = _click_option(opt)(command)
+        if opt.key != operation.inputs:
+            command = _click_option(opt)(command)
     command = click.argument("dest", type=click.Path())(command)
-    command = click.argument("src", type=click.Path())(command)
+    if operation.inputs:
+        command = click.argument("srcs", nargs=-1, metavar="SRC SRC...", type=click.Path())(command)
+    else:
+        command = click.argument("src", type=click.Path())(command)
     main.command(operation.name)(command)
 
 

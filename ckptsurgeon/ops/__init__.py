@@ -6,6 +6,7 @@ built from the same definition.
 
 from __future__ import annotations
 
+from .average import AVERAGE
 from .base import Operation, Option
 from .cast import CAST
 from .config import CONFIG
@@ -17,7 +18,8 @@ from .rename import RENAME
 from .vocab import RESIZE_VOCAB
 
 OPERATIONS: dict[str, Operation] = {
-    op.name: op for op in (CONVERT, DROP, REINIT, CAST, RENAME, LAYERS, RESIZE_VOCAB, CONFIG)
+    op.name: op
+    for op in (CONVERT, DROP, REINIT, CAST, RENAME, LAYERS, RESIZE_VOCAB, CONFIG, AVERAGE)
 }
 
 __all__ = ["OPERATIONS", "Operation", "Option"]

@@ -109,6 +109,20 @@ class Option:
         if self.kind == "int":
             if isinstance(value, bool) or not isinstance(value, int):
                 raise bad("an integer")
+        elif self.kind == "weights":  # [1, 2, 0.5] or "1,2,0.5": positive numbers
+            if isinstance(value, str):
+                try:
+                    value = [float(v) for v in value.split(",")]
+                except ValueError:
+                    raise bad("numbers separated by commas") from None
+            if not isinstance(value, list | tuple) or not value:
+                raise bad("a list of numbers")
+            for v in value:
+                if isinstance(v, bool) or not isinstance(v, int | float):
+                    raise bad("a list of numbers")
+                if not math.isfinite(v) or v <= 0:
+                    raise bad("positive finite numbers")
+            return [float(v) for v in value]
         elif self.kind == "float":
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise bad("a number")
@@ -177,6 +191,7 @@ class Operation:
     details: str = ""  # the rest of --help
     strip_prefix: bool = False  # the verb also takes --strip-prefix (reads SRC's names stripped)
     action: str | None = None  # the plan action its tensors get, for the summary ("drop"...)
+    inputs: str = ""  # the CLI takes several SRCs (SRC SRC... DEST); this recipe key the rest
 
     def option(self, key: str) -> Option:
         return next(o for o in self.options if o.key == key)

@@ -26,6 +26,7 @@ PAST_TENSE = {
     "resize": "resized",
     "cast": "cast",
     "rename": "renamed",
+    "average": "averaged",
 }
 
 
@@ -78,6 +79,31 @@ class Rows:
 
 
 @dataclass(frozen=True)
+class Combine:
+    """Bytes computed from several opened checkpoints: ``inputs`` are (input index, tensor name)
+    pairs, 0 being SRC and ``i`` being ``Plan.inputs[i - 1]``. ``mean``: ``sum(w_i * x_i) /
+    sum(w_i)`` accumulated in float64 in input order, rounded once; ``equal``: every input
+    must hold the same bytes, which are copied (integer and bool tensors)."""
+
+    kind: str  # "mean" or "equal"
+    inputs: tuple[tuple[int, str], ...]
+    weights: tuple[float, ...] = ()
+
+    @property
+    def tensor(self) -> str:
+        """The name in SRC (the first input)."""
+        return self.inputs[0][1]
+
+    def describe(self) -> str:
+        n = len(self.inputs)
+        if self.kind == "equal":
+            return f"equal in {n} inputs, copied"
+        if len(set(self.weights)) > 1:
+            return f"weighted mean of {n} ({', '.join(f'{w:g}' for w in self.weights)})"
+        return f"mean of {n}"
+
+
+@dataclass(frozen=True)
 class PlannedTensor:
     """One output tensor. ``native`` is the dtype its source yields; ``casts`` the dtypes it is
     then converted to, in order (the last is the output dtype)."""
@@ -85,7 +111,7 @@ class PlannedTensor:
     name: str
     native: str
     shape: tuple[int, ...]
-    source: Copy | Generate | Rows | ModelDraw
+    source: Copy | Generate | Rows | ModelDraw | Combine
     casts: tuple[str, ...] = ()
     renamed_from: str | None = None  # the source name, when an operation renamed it
 
@@ -116,6 +142,8 @@ class PlannedTensor:
             return "reinit"
         if isinstance(self.source, Rows):
             return "resize"
+        if isinstance(self.source, Combine) and self.source.kind == "mean":
+            return "average"
         if self.casts:
             return "cast"
         return "rename" if self.renamed_from is not None else "keep"
@@ -126,7 +154,7 @@ class PlannedTensor:
             text = self.source.rule.describe()
         elif isinstance(self.source, ModelDraw):
             text = self.source.rule
-        elif isinstance(self.source, Rows):
+        elif isinstance(self.source, Rows | Combine):
             text = self.source.describe()
         elif self.source.tensor != self.name:
             text = f"copy of {self.source.tensor}"
@@ -190,6 +218,10 @@ class Plan:
     destination: str = ""
     verb: str = ""  # the command that made this plan (``apply`` for a recipe)
     input_strip: tuple[str, ...] = ()  # prefixes stripped from SRC's names as it was read
+    # the other checkpoints the plan reads (``average``, ``merge_lora``): as given, and a
+    # description of each (size and modification time of its files) for the record
+    inputs: tuple[str, ...] = ()
+    input_records: tuple[dict[str, Any], ...] = ()
     side_files: SideFiles | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -266,6 +298,8 @@ class Plan:
         record = self.step_record()
         if self.aliases:
             record["tied_aliases_dropped"] = dict(sorted(self.aliases.items()))
+        if self.inputs:  # what the release was made from, besides SRC
+            record["inputs"] = [dict(r) for r in self.input_records]
         drawn = [t.source for t in self.tensors if isinstance(t.source, ModelDraw)]
         if drawn:  # --rules model: the values depend on these versions too
             record["model_rules_versions"] = dict(drawn[0].versions)
@@ -290,6 +324,8 @@ class Plan:
             "reinitialized": self.count("reinit"),
             "cast": self.count("cast"),
             "renamed": sum(1 for t in self.tensors if t.renamed_from is not None),
+            "averaged": self.count("average"),
+            "inputs": [self.source, *self.inputs],
             "skipped": [s.to_json() for s in self.skipped],
             "tied_aliases": dict(self.aliases),
             "config_edits": [e.to_json() for e in self.config_edits],

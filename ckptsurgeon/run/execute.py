@@ -11,16 +11,17 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
 from ..dtypes import DTYPES, cast_bytes, from_float32, numel_of, to_float
+from ..errors import SelectionError
 from ..formats.checkpoint import Checkpoint
 from ..formats.tensorio import TensorInfo, TensorReader, write_all
 from ..pipeline import background, ordered_map
-from ..plan import Copy, Generate, ModelDraw, Plan, PlannedTensor, Rows
+from ..plan import Combine, Copy, Generate, ModelDraw, Plan, PlannedTensor, Rows
 from ..rules.bert import generate
 from .destination import is_single_file
 from .writer import (
@@ -153,6 +154,52 @@ def _casts(
         yield data
 
 
+def _combine(
+    p: PlannedTensor,
+    spec: Combine,
+    sources: Sequence[tuple[dict[str, TensorInfo], TensorReader]],
+    plan: Plan,
+    threads: int | None,
+) -> Iterator[bytes | memoryview]:
+    """A tensor from several inputs, a chunk of each at a time: their weighted mean (float64,
+    in input order, one rounding) or, ``equal``, the first input's bytes once every input's
+    are checked to be the same."""
+    import numpy as np
+
+    streams = [sources[i][1].chunks(sources[i][0][name], CHUNK_BYTES) for i, name in spec.inputs]
+    labels = [plan.source, *plan.inputs]
+    if spec.kind == "equal":
+        for chunks in zip(*streams, strict=True):
+            for i, chunk in enumerate(chunks[1:], 1):
+                if bytes(chunk) != bytes(chunks[0]):
+                    raise SelectionError(
+                        f"tensor {spec.tensor!r} ({p.native}) differs between the inputs; "
+                        "integer and bool tensors are copied and must be equal",
+                        f"{labels[0]}, {labels[spec.inputs[i][0]]}",
+                        "average checkpoints of one model, or drop the tensor first",
+                    )
+            yield chunks[0]
+        return
+    total = sum(spec.weights)
+    weights = spec.weights
+
+    def mean(chunks: tuple[bytes | memoryview, ...]) -> bytes | memoryview:
+        acc = to_float(chunks[0], p.native)
+        if weights[0] != 1.0:
+            acc *= weights[0]
+        for w, chunk in zip(weights[1:], chunks[1:], strict=True):
+            x = to_float(chunk, p.native)
+            if w != 1.0:
+                x *= w
+            acc += x
+        acc /= total
+        if p.native == "F64":
+            return acc.data.cast("B")
+        return cast_bytes(acc.astype(np.float64, copy=False).data.cast("B"), "F64", p.native)[0]
+
+    yield from ordered_map(mean, zip(*streams, strict=True), threads)
+
+
 def _rows(
     p: PlannedTensor, info: TensorInfo, reader: TensorReader, threads: int | None
 ) -> Iterator[bytes | memoryview]:
@@ -228,9 +275,11 @@ def execute(
     overwrite: bool = False,
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    inputs: Sequence[Checkpoint] = (),
 ) -> Executed:
     """Carry out a plan: stream, cast and generate bytes; write, verify and publish.
 
+    ``inputs`` are the checkpoints of ``plan.inputs``, opened (``average``...).
     ``progress(bytes_done_now, total_bytes)`` is called as output bytes are written."""
     planned = {t.name: t for t in plan.tensors}
     infos = {t.name: t for t in ckpt.tensors}
@@ -245,8 +294,15 @@ def execute(
         reader = stack.enter_context(ckpt.reader())
         # the producer thread reads through its own reader (file handles, torch state)
         side_reader: TensorReader | None = None
-        if any(isinstance(p.source, Copy | Rows) for p in computed):
+        if any(isinstance(p.source, Copy | Rows | Combine) for p in computed):
             side_reader = stack.enter_context(ckpt.reader())
+        sources: list[tuple[dict[str, TensorInfo], TensorReader]] = []
+        if any(isinstance(p.source, Combine) for p in computed):
+            assert side_reader is not None
+            sources.append((infos, side_reader))
+            for other in inputs:
+                reader_i = stack.enter_context(other.reader())
+                sources.append(({t.name: t for t in other.tensors}, reader_i))
 
         def produce() -> Iterator[tuple[str, bytes | memoryview]]:
             for p in computed:
@@ -258,6 +314,8 @@ def execute(
                 elif isinstance(p.source, Rows):
                     assert side_reader is not None
                     raw = _rows(p, infos[p.source.tensor], side_reader, threads)
+                elif isinstance(p.source, Combine):
+                    raw = _combine(p, p.source, sources, plan, threads)
                 else:
                     assert side_reader is not None
                     raw = side_reader.chunks(infos[p.source.tensor], CHUNK_BYTES)
