@@ -242,6 +242,30 @@ def average(
     return _verb("average", srcs[0], dest, options, **_run_options(locals()))
 
 
+def merge_lora(
+    base: PathLike,
+    adapter: PathLike,
+    dest: PathLike | None = None,
+    *,
+    scale: float = 1.0,
+    dry_run: bool = False,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    overwrite: bool = False,
+    threads: int | None = None,
+    revision: str | None = None,
+    config_set: dict[str, Any] | Sequence[str] | None = None,
+    config_from: PathLike | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Result:
+    """Merge a PEFT LoRA/DoRA adapter (a folder or Hub id) into BASE, as PEFT's
+    ``merge_and_unload`` does (bit for bit on float32 bases); ``scale`` multiplies every delta.
+
+    >>> merge_lora("llama-base/", "my-adapter/", "llama-merged/")  # doctest: +SKIP
+    """
+    options = {"adapter": str(adapter), "scale": scale}
+    return _verb("merge-lora", base, dest, options, **_run_options(locals()))
+
+
 def drop(
     src: PathLike,
     dest: PathLike | None = None,

@@ -22,8 +22,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "plan": ("plan", "plan.selection"),
     "ops": ("ops", "ops.base", "ops.values", "ops.select", "ops.convert", "ops.drop",
             "ops.reinit", "ops.cast", "ops.rename", "ops.layers", "ops.vocab", "ops.config",
-            "recipe", "ops.average"),
-    "run": ("run", "run.writer", "run.destination", "run.execute", "api"),
+            "ops.average", "ops.merge_lora", "recipe"),
+    "run": ("run", "run.writer", "run.destination", "run.execute", "run.merge", "api"),
     "tools": ("tools", "tools.inspection", "tools.compare", "tools.plot", "tools.verify"),
     "cli": ("cli", "cli.options", "cli.render", "__main__"),
 }  # fmt: skip

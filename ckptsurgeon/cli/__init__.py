@@ -192,8 +192,9 @@ def _verb_command(operation: Operation) -> None:
     details = operation.details
     callback.__doc__ = operation.summary + (f"\n\n{details}" if details else "")
     command: Any = callback
-    if operation.inputs:  # SRC SRC [SRC...] DEST: the first SRC, the rest under the recipe key
-        key = operation.inputs
+    key = operation.inputs
+    variadic = bool(key) and operation.option(key).multiple
+    if variadic:  # SRC SRC [SRC...] DEST: the first SRC, the rest under the recipe key
 
         def several(srcs: tuple[str, ...], **kwargs: Any) -> None:
             if len(srcs) < 2:
@@ -203,6 +204,13 @@ def _verb_command(operation: Operation) -> None:
 
         several.__doc__ = callback.__doc__
         command = several
+    elif key:  # BASE INPUT DEST (merge-lora's ADAPTER)
+
+        def second(base: str, **kwargs: Any) -> None:
+            callback(base, **kwargs)
+
+        second.__doc__ = callback.__doc__
+        command = second
     command = _write_options(command)
     if takes_strip:
         command = _click_option(STRIP_PREFIX)(command)
@@ -210,8 +218,11 @@ def _verb_command(operation: Operation) -> None:
         if opt.key != operation.inputs:
             command = _click_option(opt)(command)
     command = click.argument("dest", type=click.Path())(command)
-    if operation.inputs:
+    if variadic:
         command = click.argument("srcs", nargs=-1, metavar="SRC SRC...", type=click.Path())(command)
+    elif key:
+        command = click.argument(key, metavar=key.upper())(command)
+        command = click.argument("base", metavar="BASE", type=click.Path())(command)
     else:
         command = click.argument("src", type=click.Path())(command)
     main.command(operation.name)(command)

@@ -13,13 +13,25 @@ from .config import CONFIG
 from .convert import CONVERT
 from .drop import DROP
 from .layers import LAYERS
+from .merge_lora import MERGE_LORA
 from .reinit import REINIT
 from .rename import RENAME
 from .vocab import RESIZE_VOCAB
 
 OPERATIONS: dict[str, Operation] = {
     op.name: op
-    for op in (CONVERT, DROP, REINIT, CAST, RENAME, LAYERS, RESIZE_VOCAB, CONFIG, AVERAGE)
+    for op in (
+        CONVERT,
+        DROP,
+        REINIT,
+        CAST,
+        RENAME,
+        LAYERS,
+        RESIZE_VOCAB,
+        CONFIG,
+        AVERAGE,
+        MERGE_LORA,
+    )
 }
 
 __all__ = ["OPERATIONS", "Operation", "Option"]

@@ -27,14 +27,17 @@ PAST_TENSE = {
     "cast": "cast",
     "rename": "renamed",
     "average": "averaged",
+    "merge": "merged",
 }
 
 
 @dataclass(frozen=True)
 class Copy:
-    """The bytes of a source tensor (its name in the opened checkpoint)."""
+    """The bytes of a source tensor (its name in the opened checkpoint; ``input``: which one,
+    0 being SRC and ``i`` being ``Plan.inputs[i - 1]``)."""
 
     tensor: str
+    input: int = 0
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,26 @@ class Combine:
 
 
 @dataclass(frozen=True)
+class LoraMerge:
+    """A base tensor (SRC's ``tensor``) plus a LoRA delta from another input, as PEFT's
+    ``merge_and_unload`` computes it in float32: ``kind`` ``linear`` ``W + (B @ A) * s``,
+    ``conv1d`` (``fan_in_fan_out``) and ``embedding`` ``W + (B @ A).T * s``; with
+    ``magnitude`` (DoRA) the rows re-normalised; rounded once to the tensor's dtype."""
+
+    tensor: str
+    a: tuple[int, str]
+    b: tuple[int, str]
+    scaling: float
+    kind: str  # "linear", "conv1d" or "embedding"
+    r: int
+    magnitude: tuple[int, str] | None = None
+
+    def describe(self) -> str:
+        what = "dora" if self.magnitude is not None else "lora"
+        return f"copy of {self.tensor} + {what}(r={self.r}, s={self.scaling:g})"
+
+
+@dataclass(frozen=True)
 class PlannedTensor:
     """One output tensor. ``native`` is the dtype its source yields; ``casts`` the dtypes it is
     then converted to, in order (the last is the output dtype)."""
@@ -111,7 +134,7 @@ class PlannedTensor:
     name: str
     native: str
     shape: tuple[int, ...]
-    source: Copy | Generate | Rows | ModelDraw | Combine
+    source: Copy | Generate | Rows | ModelDraw | Combine | LoraMerge
     casts: tuple[str, ...] = ()
     renamed_from: str | None = None  # the source name, when an operation renamed it
 
@@ -133,7 +156,7 @@ class PlannedTensor:
     @property
     def computed(self) -> bool:
         """Its bytes are produced (drawn, cast, resized), not copied from the source as they are."""
-        return not isinstance(self.source, Copy) or bool(self.casts)
+        return not isinstance(self.source, Copy) or bool(self.casts) or self.source.input != 0
 
     @property
     def action(self) -> str:
@@ -144,6 +167,10 @@ class PlannedTensor:
             return "resize"
         if isinstance(self.source, Combine) and self.source.kind == "mean":
             return "average"
+        if isinstance(self.source, LoraMerge) or (
+            isinstance(self.source, Copy) and self.source.input != 0
+        ):
+            return "merge"
         if self.casts:
             return "cast"
         return "rename" if self.renamed_from is not None else "keep"
@@ -154,8 +181,10 @@ class PlannedTensor:
             text = self.source.rule.describe()
         elif isinstance(self.source, ModelDraw):
             text = self.source.rule
-        elif isinstance(self.source, Rows | Combine):
+        elif isinstance(self.source, Rows | Combine | LoraMerge):
             text = self.source.describe()
+        elif self.source.input != 0:
+            text = f"copy of input {self.source.input}'s {self.source.tensor}"
         elif self.source.tensor != self.name:
             text = f"copy of {self.source.tensor}"
         else:
@@ -325,6 +354,7 @@ class Plan:
             "cast": self.count("cast"),
             "renamed": sum(1 for t in self.tensors if t.renamed_from is not None),
             "averaged": self.count("average"),
+            "merged": self.count("merge"),
             "inputs": [self.source, *self.inputs],
             "skipped": [s.to_json() for s in self.skipped],
             "tied_aliases": dict(self.aliases),

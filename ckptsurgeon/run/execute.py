@@ -21,7 +21,7 @@ from ..errors import SelectionError
 from ..formats.checkpoint import Checkpoint
 from ..formats.tensorio import TensorInfo, TensorReader, write_all
 from ..pipeline import background, ordered_map
-from ..plan import Combine, Copy, Generate, ModelDraw, Plan, PlannedTensor, Rows
+from ..plan import Combine, Copy, Generate, LoraMerge, ModelDraw, Plan, PlannedTensor, Rows
 from ..rules.bert import generate
 from .destination import is_single_file
 from .writer import (
@@ -294,10 +294,10 @@ def execute(
         reader = stack.enter_context(ckpt.reader())
         # the producer thread reads through its own reader (file handles, torch state)
         side_reader: TensorReader | None = None
-        if any(isinstance(p.source, Copy | Rows | Combine) for p in computed):
+        if any(isinstance(p.source, Copy | Rows | Combine | LoraMerge) for p in computed):
             side_reader = stack.enter_context(ckpt.reader())
         sources: list[tuple[dict[str, TensorInfo], TensorReader]] = []
-        if any(isinstance(p.source, Combine) for p in computed):
+        if inputs and computed:
             assert side_reader is not None
             sources.append((infos, side_reader))
             for other in inputs:
@@ -316,6 +316,13 @@ def execute(
                     raw = _rows(p, infos[p.source.tensor], side_reader, threads)
                 elif isinstance(p.source, Combine):
                     raw = _combine(p, p.source, sources, plan, threads)
+                elif isinstance(p.source, LoraMerge):
+                    from .merge import merged_bytes
+
+                    raw = merged_bytes(p, p.source, sources, CHUNK_BYTES)
+                elif p.source.input:  # a tensor of another input (an adapter's modules_to_save)
+                    from_infos, from_reader = sources[p.source.input]
+                    raw = from_reader.chunks(from_infos[p.source.tensor], CHUNK_BYTES)
                 else:
                     assert side_reader is not None
                     raw = side_reader.chunks(infos[p.source.tensor], CHUNK_BYTES)
