@@ -5,6 +5,7 @@ steps run one by one.
     python benchmarks/run.py --skip-6gb      # bert-base and bert-large only
     python benchmarks/run.py --reps 5      # pairs per figure (bert-base: at least 9)
     python benchmarks/run.py --skip-training  # without the DCP/ZeRO-3 checkpoints (training.py)
+    python benchmarks/run.py --skip-many      # without average and merge-lora (many.py)
 
 It builds synthetic checkpoints with real names and shapes (bert-base fp32, bert-large fp32, the
 same with DDP's `module.` prefix, and a ~6 GB 4-shard bf16 decoder-style checkpoint, written by
@@ -120,7 +121,12 @@ def decoder_specs(
 
 
 def build(
-    path: Path, specs: list[tuple[str, tuple[int, ...]]], dtype: str, config: dict, shard: int
+    path: Path,
+    specs: list[tuple[str, tuple[int, ...]]],
+    dtype: str,
+    config: dict,
+    shard: int,
+    seed: int = 1234,
 ) -> None:
     """Write a synthetic checkpoint with ckptsurgeon's streaming writer (memory stays flat)."""
     from ckptsurgeon.dtypes import nbytes_of
@@ -139,7 +145,7 @@ def build(
             if len(t.shape) >= 2
             else Rule("zeros" if t.name.endswith("bias") else "ones")
         )
-        for chunk in generate(t.name, t.dtype, t.shape, rule, seed=1234):
+        for chunk in generate(t.name, t.dtype, t.shape, rule, seed=seed):
             write_all(fd, chunk)
 
     empty = Checkpoint(path=CACHE, format="safetensors", files=[], tensors=[])
@@ -494,6 +500,11 @@ def main() -> None:
     parser.add_argument("--skip-large", action="store_true", help="skip bert-large")
     parser.add_argument("--skip-base", action="store_true", help="skip bert-base and its targets")
     parser.add_argument(
+        "--skip-many",
+        action="store_true",
+        help="skip average and merge-lora (benchmarks/many.py)",
+    )
+    parser.add_argument(
         "--skip-training",
         action="store_true",
         help="skip the DCP and ZeRO-3 training checkpoints (benchmarks/training.py)",
@@ -658,6 +669,12 @@ def suites(args: argparse.Namespace, report: Report) -> None:
             worst[0] < 400,
             f"max {worst[0]:.0f} MiB ({worst[1]})",
         )
+
+    if not args.skip_many:
+        # several checkpoints in: average and merge-lora (many.py)
+        from many import suite as many_suite
+
+        many_suite(report, args.reps)
 
     if not args.skip_training:
         # training checkpoints (DCP from FSDP2, DeepSpeed ZeRO-3) to a release: training.py

@@ -260,3 +260,45 @@ def test_shapes_that_disagree_name_the_adapter_key(tmp_path: Path):
         "adapter module 'bert.encoder.layer.0.attention.self.query': A [4, 16] and B [16, 4]"
         in (r.output)
     )
+
+
+def test_an_adapter_from_the_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from test_hub import make_cache
+
+    base, adapter = build(tmp_path, "bert", r=4, lora_alpha=8, target_modules=["query"])
+    cache = tmp_path / "hf-cache"
+    make_cache(cache, "org/my-adapter", adapter)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    r = run_cli("merge-lora", base, "org/my-adapter", tmp_path / "m")
+    assert r.exit_code == 0, r.output
+    assert_equal_to_peft(ours(tmp_path / "m"), peft_merged("bert", base, adapter))
+
+
+def test_a_base_unlike_the_one_the_adapter_names_gets_a_warning(tmp_path: Path):
+    """base_model_name_or_path is only read (a config.json there), never trusted as a path."""
+    import transformers as tf
+
+    base, adapter = build(tmp_path, "bert", r=4, lora_alpha=8, target_modules=["query"])
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(base)
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    other = tmp_path / "other-vocab"
+    cfg = tf.BertConfig(
+        vocab_size=61,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=20,
+    )
+    tf.BertForMaskedLM(cfg).save_pretrained(other)
+    r = run_cli("merge-lora", other, adapter, tmp_path / "m")
+    assert r.exit_code == 0, r.output
+    assert (
+        f"the adapter was trained on {base}, whose vocab_size is 60; BASE's is 61: check that "
+        "BASE is the model it was trained on"
+    ) in r.output
+    r = run_cli("merge-lora", base, adapter, tmp_path / "m2")
+    assert "the adapter was trained on" not in r.output

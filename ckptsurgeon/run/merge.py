@@ -11,25 +11,36 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..dtypes import CASTABLE, cast_bytes
+from ..errors import UnsupportedFormatError
 from ..formats.tensorio import TensorInfo, TensorReader
 from ..plan import LoraMerge, PlannedTensor
 
 Sources = Sequence[tuple[dict[str, TensorInfo], TensorReader]]
 
 
+_TORCH = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
 def _float32(sources: Sources, where: tuple[int, str]) -> Any:
-    """A whole tensor of an input as a float32 torch tensor (widened exactly)."""
-    import numpy as np
+    """A whole tensor of an input as a float32 torch tensor (widened exactly, by torch)."""
     import torch
 
     infos, reader = sources[where[0]]
     info = infos[where[1]]
-    raw = reader.read(info)
-    if info.dtype != "F32":
-        raw = bytes(cast_bytes(raw, info.dtype, "F32")[0])
-    values = np.frombuffer(raw, dtype="<f4").copy()
-    return torch.from_numpy(values).reshape(info.shape)
+    if info.dtype not in _TORCH:
+        raise UnsupportedFormatError(
+            f"tensor {info.name!r} is {info.dtype}; LoRA merges into floating tensors",
+            info.file,
+            "merge into a float checkpoint",
+        )
+    buffer = bytearray(info.nbytes)
+    view = memoryview(buffer)
+    pos = 0
+    for chunk in reader.chunks(info):
+        view[pos : pos + len(chunk)] = chunk
+        pos += len(chunk)
+    stored = torch.frombuffer(buffer, dtype=getattr(torch, _TORCH[info.dtype]))
+    return stored.reshape(info.shape).float()
 
 
 def merged_bytes(
@@ -53,13 +64,10 @@ def merged_bytes(
         else:
             weight += delta
             merged = weight
-    del delta
-    raw = merged.contiguous().numpy().tobytes()
+        del delta
+        # rounded once to the base's dtype (to nearest even, torch's own .to())
+        out = merged.to(getattr(torch, _TORCH[p.native])).contiguous()
     del merged, weight
-    native = p.native
-    if native != "F32":
-        assert native in CASTABLE
-        raw = bytes(cast_bytes(raw, "F32", native)[0])
-    view = memoryview(raw)
+    view = memoryview(out.view(torch.uint8).numpy()).cast("B")
     for start in range(0, len(view), chunk_bytes):
         yield view[start : start + chunk_bytes]
