@@ -154,6 +154,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
+    CACHE.mkdir(exist_ok=True)
     report = Report()
     suite(report, args.reps)
     print()

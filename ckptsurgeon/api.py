@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from .errors import DestinationError, PatternError, SelectionError
 from .formats.checkpoint import lightning_hint, open_checkpoint
@@ -23,7 +23,24 @@ from .run.execute import execute
 from .run.writer import DEFAULT_MAX_SHARD_SIZE, WriteResult
 from .sizes import parse_size
 
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11's
+    from typing_extensions import Unpack
+
 PathLike = str | os.PathLike[str]
+
+
+class RunOptions(TypedDict, total=False):
+    """The keywords every writing function takes, as every writing command takes these options
+    (defined once; :func:`run` documents them). A test walks the CLI to keep the two the same."""
+
+    dry_run: bool
+    max_shard_size: int | str
+    overwrite: bool
+    threads: int | None
+    revision: str | None
+    config_set: dict[str, Any] | Sequence[str] | None
+    config_from: PathLike | None
+    progress: Callable[[int, int], None] | None
 
 
 @dataclass(frozen=True)
@@ -130,15 +147,7 @@ def apply(
     recipe: Recipe | Sequence[dict[str, Any]] | dict[str, Any] | PathLike,
     src: PathLike,
     dest: PathLike | None = None,
-    *,
-    dry_run: bool = False,
-    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
-    overwrite: bool = False,
-    threads: int | None = None,
-    revision: str | None = None,
-    config_set: dict[str, Any] | Sequence[str] | None = None,
-    config_from: PathLike | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    **run_options: Unpack[RunOptions],
 ) -> Result:
     """Run a recipe (a :class:`Recipe`, its steps as Python data, or a YAML/JSON file) over SRC
     in one streaming pass.
@@ -150,19 +159,7 @@ def apply(
         recipe = Recipe.load(recipe)
     elif not isinstance(recipe, Recipe):
         recipe = Recipe.parse(recipe)
-    return run(
-        recipe,
-        src,
-        dest,
-        dry_run=dry_run,
-        max_shard_size=max_shard_size,
-        overwrite=overwrite,
-        threads=threads,
-        progress=progress,
-        revision=revision,
-        config_set=config_set,
-        config_from=config_from,
-    )
+    return run(recipe, src, dest, **run_options)
 
 
 def verb_recipe(verb: str, options: dict[str, Any], labels: dict[str, str] | None = None) -> Recipe:
@@ -181,25 +178,13 @@ def _verb(
     return run(verb_recipe(verb, options), src, dest, verb=verb, **run_options)
 
 
-# Every writing function takes these keywords, as every writing command takes these options:
-# strip_prefix (convert, drop, reinit), dry_run, max_shard_size, overwrite, threads, revision,
-# config_set and progress. A test walks the CLI to keep the two the same.
-
-
 def convert(
     src: PathLike,
     dest: PathLike | None = None,
     *,
     dtype: str | None = None,
     strip_prefix: str | Sequence[str] = (),
-    dry_run: bool = False,
-    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
-    overwrite: bool = False,
-    threads: int | None = None,
-    revision: str | None = None,
-    config_set: dict[str, Any] | Sequence[str] | None = None,
-    config_from: PathLike | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    **run_options: Unpack[RunOptions],
 ) -> Result:
     """Rewrite any readable checkpoint, training checkpoints included, as safetensors with every
     value unchanged, or cast to ``dtype`` (``"bf16"``, ``"fp16"``, ``"fp32"``) on the way.
@@ -212,7 +197,7 @@ def convert(
     >>> convert("ckpts/step-5000/", "release/", dtype="bf16",
     ...         config_from="bert-base-uncased")  # doctest: +SKIP
     """
-    return _verb("convert", src, dest, {"dtype": dtype}, **_run_options(locals()))
+    return _verb("convert", src, dest, {"dtype": dtype}, strip_prefix=strip_prefix, **run_options)
 
 
 def average(
@@ -220,14 +205,7 @@ def average(
     dest: PathLike | None = None,
     *,
     weights: Sequence[float] | str | None = None,
-    dry_run: bool = False,
-    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
-    overwrite: bool = False,
-    threads: int | None = None,
-    revision: str | None = None,
-    config_set: dict[str, Any] | Sequence[str] | None = None,
-    config_from: PathLike | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    **run_options: Unpack[RunOptions],
 ) -> Result:
     """The (weighted) mean of checkpoints of one model: every floating tensor becomes
     ``sum(w_i * x_i) / sum(w_i)`` in float64, rounded once; side files come from ``srcs[0]``.
@@ -239,7 +217,7 @@ def average(
             "average needs at least two checkpoints", "srcs", "give a list of SRC paths"
         )
     options = {"with": [str(s) for s in srcs[1:]], "weights": weights}
-    return _verb("average", srcs[0], dest, options, **_run_options(locals()))
+    return _verb("average", srcs[0], dest, options, **run_options)
 
 
 def merge_lora(
@@ -248,14 +226,7 @@ def merge_lora(
     dest: PathLike | None = None,
     *,
     scale: float = 1.0,
-    dry_run: bool = False,
-    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
-    overwrite: bool = False,
-    threads: int | None = None,
-    revision: str | None = None,
-    config_set: dict[str, Any] | Sequence[str] | None = None,
-    config_from: PathLike | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    **run_options: Unpack[RunOptions],
 ) -> Result:
     """Merge a PEFT LoRA/DoRA adapter (a folder or Hub id) into BASE, as PEFT's
     ``merge_and_unload`` does (bit for bit on float32 bases); ``scale`` multiplies every delta.
@@ -263,7 +234,7 @@ def merge_lora(
     >>> merge_lora("llama-base/", "my-adapter/", "llama-merged/")  # doctest: +SKIP
     """
     options = {"adapter": str(adapter), "scale": scale}
-    return _verb("merge-lora", base, dest, options, **_run_options(locals()))
+    return _verb("merge-lora", base, dest, options, **run_options)
 
 
 def drop(
@@ -273,14 +244,7 @@ def drop(
     exclude: str | Sequence[str] = (),
     *,
     strip_prefix: str | Sequence[str] = (),
-    dry_run: bool = False,
-    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
-    overwrite: bool = False,
-    threads: int | None = None,
-    revision: str | None = None,
-    config_set: dict[str, Any] | Sequence[str] | None = None,
-    config_from: PathLike | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    **run_options: Unpack[RunOptions],
 ) -> Result:
     """Write the checkpoint without the selected tensors (patterns match stripped names).
 
@@ -288,7 +252,7 @@ def drop(
     ...      config_set={"architectures": ["BertModel"]})  # doctest: +SKIP
     """
     options = {"patterns": patterns, "exclude": exclude}
-    return _verb("drop", src, dest, options, **_run_options(locals()))
+    return _verb("drop", src, dest, options, strip_prefix=strip_prefix, **run_options)
 
 
 def reinit(
@@ -304,14 +268,7 @@ def reinit(
     stack: str | None = None,
     rules: str = "auto",
     strip_prefix: str | Sequence[str] = (),
-    dry_run: bool = False,
-    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
-    overwrite: bool = False,
-    threads: int | None = None,
-    revision: str | None = None,
-    config_set: dict[str, Any] | Sequence[str] | None = None,
-    config_from: PathLike | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    **run_options: Unpack[RunOptions],
 ) -> Result:
     """Re-initialise the selected tensors and write a new checkpoint: with BERT's rules
     (``rules="bert"``, torch-free), the architecture's own init (``"model"``), or BERT's for the
@@ -332,7 +289,7 @@ def reinit(
         "stack": stack,
         "rules": rules,
     }
-    return _verb("reinit", src, dest, options, **_run_options(locals()))
+    return _verb("reinit", src, dest, options, strip_prefix=strip_prefix, **run_options)
 
 
 def cast(
@@ -341,15 +298,7 @@ def cast(
     dtype: str = "",
     patterns: str | Sequence[str] = (),
     exclude: str | Sequence[str] = (),
-    *,
-    dry_run: bool = False,
-    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
-    overwrite: bool = False,
-    threads: int | None = None,
-    revision: str | None = None,
-    config_set: dict[str, Any] | Sequence[str] | None = None,
-    config_from: PathLike | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    **run_options: Unpack[RunOptions],
 ) -> Result:
     """Cast floating tensors (all, or the selected ones) to ``bf16``, ``fp16`` or ``fp32``,
     bit for bit as torch's ``.to()``; config.json's dtype follows.
@@ -357,7 +306,7 @@ def cast(
     >>> cast("bert/", "bert-bf16/", "bf16")  # doctest: +SKIP
     """
     options = {"dtype": dtype or None, "patterns": patterns, "exclude": exclude}
-    return _verb("cast", src, dest, options, **_run_options(locals()))
+    return _verb("cast", src, dest, options, **run_options)
 
 
 def rename(
@@ -367,14 +316,7 @@ def rename(
     sub: Sequence[Sequence[str]] = (),
     add_prefix: str | None = None,
     strip_prefix: str | Sequence[str] = (),
-    dry_run: bool = False,
-    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
-    overwrite: bool = False,
-    threads: int | None = None,
-    revision: str | None = None,
-    config_set: dict[str, Any] | Sequence[str] | None = None,
-    config_from: PathLike | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    **run_options: Unpack[RunOptions],
 ) -> Result:
     """Rename tensors: ``strip_prefix``, then each ``(REGEX, REPL)`` of ``sub`` with
     ``re.sub``, then ``add_prefix``. Bytes are copied unchanged.
@@ -386,8 +328,7 @@ def rename(
         "add_prefix": add_prefix,
         "strip_prefix": strip_prefix,
     }
-    run_options = _run_options(locals())
-    del run_options["strip_prefix"]  # rename's own option: names change in the output too
+    # strip_prefix is rename's own option here: the names change in the output too
     return _verb("rename", src, dest, options, **run_options)
 
 
@@ -398,14 +339,7 @@ def layers(
     keep: str | Sequence[int | str] | None = None,
     drop: str | Sequence[int | str] | None = None,
     stack: str | None = None,
-    dry_run: bool = False,
-    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
-    overwrite: bool = False,
-    threads: int | None = None,
-    revision: str | None = None,
-    config_set: dict[str, Any] | Sequence[str] | None = None,
-    config_from: PathLike | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    **run_options: Unpack[RunOptions],
 ) -> Result:
     """Keep (in a new order, repeats allowed) or drop blocks of a layer stack, renumbered
     0..k-1 and copied byte for byte; config.json's layer count follows.
@@ -413,7 +347,7 @@ def layers(
     >>> layers("bert-base/", "student/", keep="0,2,4,7,9,11")  # doctest: +SKIP
     """
     options = {"keep": keep, "drop": drop, "stack": stack}
-    return _verb("layers", src, dest, options, **_run_options(locals()))
+    return _verb("layers", src, dest, options, **run_options)
 
 
 def resize_vocab(
@@ -423,14 +357,7 @@ def resize_vocab(
     *,
     init: str = "mean",
     seed: int = 0,
-    dry_run: bool = False,
-    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
-    overwrite: bool = False,
-    threads: int | None = None,
-    revision: str | None = None,
-    config_set: dict[str, Any] | Sequence[str] | None = None,
-    config_from: PathLike | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    **run_options: Unpack[RunOptions],
 ) -> Result:
     """Grow or shrink every vocabulary-sized tensor to ``size`` rows (new rows: ``mean`` of
     the existing ones, or ``normal``); config.json's vocab_size follows.
@@ -438,22 +365,14 @@ def resize_vocab(
     >>> resize_vocab("bert/", "bert-more-tokens/", 30600)  # doctest: +SKIP
     """
     options = {"size": size, "init": init, "seed": seed}
-    return _verb("resize-vocab", src, dest, options, **_run_options(locals()))
+    return _verb("resize-vocab", src, dest, options, **run_options)
 
 
 def config(
     src: PathLike,
     dest: PathLike | None = None,
     set: dict[str, Any] | Sequence[str] | None = None,
-    *,
-    dry_run: bool = False,
-    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
-    overwrite: bool = False,
-    threads: int | None = None,
-    revision: str | None = None,
-    config_set: dict[str, Any] | Sequence[str] | None = None,
-    config_from: PathLike | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    **run_options: Unpack[RunOptions],
 ) -> Result:
     """Set config.json keys (``{"architectures": ["BertModel"]}`` or ``["KEY=JSON", ...]``);
     the tensors are copied unchanged.
@@ -461,22 +380,4 @@ def config(
     >>> config("bert-headless/", "fixed/", {"architectures": ["BertModel"]})  # doctest: +SKIP
     """
     values = list(set) if set is not None and not isinstance(set, dict) else set
-    return _verb("config", src, dest, {"set": values}, **_run_options(locals()))
-
-
-_RUN_KEYWORDS = (
-    "strip_prefix",
-    "dry_run",
-    "max_shard_size",
-    "overwrite",
-    "threads",
-    "revision",
-    "config_set",
-    "config_from",
-    "progress",
-)
-
-
-def _run_options(arguments: dict[str, Any]) -> dict[str, Any]:
-    """The keywords of :func:`run` among a verb function's arguments."""
-    return {k: arguments[k] for k in _RUN_KEYWORDS if k in arguments}
+    return _verb("config", src, dest, {"set": values}, **run_options)

@@ -17,7 +17,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
              "pipeline", "ties", "record"),
     "formats": ("formats", "formats.safetensors", "formats.tensorio", "formats.torch_bin",
                 "formats.config_json", "formats.sidefiles", "formats.hub", "formats.checkpoint",
-                "formats.prefixes", "formats.torch_zip", "formats.dcp", "formats.deepspeed", "formats.lightning"),
+                "formats.opened", "formats.hf_files", "formats.training", "formats.prefixes",
+                "formats.torch_zip", "formats.dcp", "formats.deepspeed", "formats.lightning"),
     "rules": ("rules", "rules.bert", "rules.recorder", "rules.model"),
     "plan": ("plan", "plan.selection"),
     "ops": ("ops", "ops.base", "ops.values", "ops.select", "ops.convert", "ops.drop",
@@ -25,7 +26,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
             "ops.average", "ops.merge_lora", "recipe"),
     "run": ("run", "run.writer", "run.destination", "run.execute", "run.merge", "api"),
     "tools": ("tools", "tools.inspection", "tools.compare", "tools.plot", "tools.verify"),
-    "cli": ("cli", "cli.options", "cli.render", "__main__"),
+    "cli": ("cli", "cli.group", "cli.surgery", "cli.reading", "cli.options", "cli.render",
+            "__main__"),
 }  # fmt: skip
 # the package's __init__ is the facade: it loads the public names lazily, from every layer
 FACADE = "ckptsurgeon"
@@ -82,6 +84,27 @@ def test_nothing_imports_upward_and_only_the_facade_reaches_the_package():
     assert not upward, upward
 
 
+def test_no_import_circles():
+    """No module reaches itself through its imports (those inside functions too): the old
+    ops.base <-> ops.layers circle, and plan -> package -> diff, must not come back."""
+    modules = _modules()
+    graph = {m: {i for i in _imports(m, p) if i in modules} for m, p in modules.items()}
+    graph.pop(FACADE)
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph.get(m, ())):
+            assert state.get(n) != 1, "import circle: " + " -> ".join([*path, m, n])
+            if n not in state:
+                visit(n, [*path, m])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+
+
 def test_each_layer_is_its_folder():
     """A module in a folder belongs to that folder's layer; the top of the package is base."""
     folders = {name for name in LAYERS if (PACKAGE / name).is_dir()}
@@ -96,8 +119,8 @@ def test_each_layer_is_its_folder():
 
 
 def test_no_module_outgrows_a_screenful_of_screens():
-    """No module over 550 lines (the aim is ~350; api, cli and compare are not there yet)."""
-    long = {m: n for m, p in _modules().items() if (n := len(p.read_text().splitlines())) > 550}
+    """No module over 400 lines (the aim is ~350)."""
+    long = {m: n for m, p in _modules().items() if (n := len(p.read_text().splitlines())) > 400}
     assert not long, long
 
 

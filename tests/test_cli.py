@@ -270,11 +270,14 @@ def test_every_option_of_every_command_is_a_keyword_of_its_api_function():
     import inspect
 
     import ckptsurgeon
+    from ckptsurgeon.api import RunOptions
 
     for name, command in sorted(main.commands.items()):
         function = getattr(ckptsurgeon, name.replace("-", "_"))
         assert name.replace("-", "_") in ckptsurgeon.__all__, name
-        keywords = inspect.signature(function).parameters
+        keywords = set(inspect.signature(function).parameters)
+        if "run_options" in keywords:  # **run_options: Unpack[RunOptions], defined once
+            keywords |= set(RunOptions.__annotations__)
         for param in command.params:
             if param.name in RENDER_ONLY:
                 continue
@@ -295,5 +298,7 @@ def test_public_names_and_a_plan_without_dest(model_store, tmp_path):
     assert res.plan.count("cast") > 0
     with pytest.raises(ckptsurgeon.DestinationError, match="no destination given"):
         ckptsurgeon.convert(src)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'dryrun'"):
+        ckptsurgeon.drop(src, patterns="cls.*", dryrun=True)  # type: ignore[call-arg]
     res = ckptsurgeon.diff(src, src, plot=tmp_path / "p.svg")
     assert res.identical and (tmp_path / "p.svg").read_text().startswith("<?xml")
