@@ -33,6 +33,12 @@ def bounded(text: str, limit: int = MAX_PART) -> str:
     return f"{text[:limit]}... ({len(text) - limit:,} more characters)"
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of a foreign exception's message (its type when it has none), bounded:
+    what an error of ours quotes from a library's."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+
+
 class CkptSurgeonError(Exception):
     """Base class of every error ckptsurgeon raises on purpose."""
 

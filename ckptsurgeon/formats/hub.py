@@ -15,7 +15,7 @@ import os
 import re
 from pathlib import Path
 
-from ..errors import CheckpointNotFoundError
+from ..errors import CheckpointNotFoundError, first_line
 
 _REPO_ID_RE = re.compile(
     r"^(?P<repo>[A-Za-z0-9][\w.\-]{0,95}(?:/[A-Za-z0-9][\w.\-]{0,95})?)(?:@(?P<rev>[\w.\-/]+))?$"
@@ -96,7 +96,7 @@ def resolve(src: str | os.PathLike[str], revision: str | None = None) -> Path:
     except Exception as exc:
         raise CheckpointNotFoundError(
             f"no such file or directory, and {where} could not be downloaded from the Hub "
-            f"({_first(exc)})",
+            f"({first_line(exc)})",
             str(src),
             hint,
         ) from None
@@ -126,7 +126,7 @@ def _on_the_hub(repo: str, rev: str | None) -> tuple[list[str] | None, str | Non
     except RevisionNotFoundError:
         return None, None, f"the repo has no revision {rev!r}"
     except Exception as exc:  # no network, DNS, timeout, proxy...
-        return None, None, f"the Hub could not be reached ({type(exc).__name__}: {_first(exc)})"
+        return None, None, f"the Hub could not be reached ({type(exc).__name__}: {first_line(exc)})"
     files = [s.rfilename for s in info.siblings or []]
     return files, info.sha or rev, ""
 
@@ -146,7 +146,3 @@ def _needed_files(files: list[str]) -> list[str]:
         or ("/" not in f and not is_weight_file(f))
     ]
     return sorted({*chosen, *others})
-
-
-def _first(exc: Exception) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0][:160]

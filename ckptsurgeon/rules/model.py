@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InitRuleError, SelectionError
+from ..errors import InitRuleError, SelectionError, first_line
 from .recorder import RuleRecorder
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -141,7 +141,7 @@ class ModelInit:
         except Exception as exc:
             raise SelectionError(
                 f"transformers {tf.__version__} cannot build a config for {model_type!r} "
-                f"({_first(exc)})",
+                f"({first_line(exc)})",
                 where,
                 "pass --rules bert",
             ) from None
@@ -154,7 +154,7 @@ class ModelInit:
                 model = model_class(tf_config)
         except Exception as exc:
             raise SelectionError(
-                f"cannot build {model_class.__name__} from config.json ({_first(exc)})",
+                f"cannot build {model_class.__name__} from config.json ({first_line(exc)})",
                 where,
                 "pass --rules bert",
             ) from None
@@ -239,7 +239,3 @@ class ModelInit:
 def _seed(seed: int, name: str) -> int:
     digest = hashlib.sha256(f"{seed}\0{name}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def _first(exc: Exception) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0][:160]
