@@ -6,6 +6,7 @@ steps run one by one.
     python benchmarks/run.py --reps 5      # pairs per figure (bert-base: at least 9)
     python benchmarks/run.py --skip-training  # without the DCP/ZeRO-3 checkpoints (training.py)
     python benchmarks/run.py --skip-many      # without average and merge-lora (many.py)
+    python benchmarks/run.py --skip-clones    # without the XFS clone figures (clones.py; root)
 
 It builds synthetic checkpoints with real names and shapes (bert-base fp32, bert-large fp32, the
 same with DDP's `module.` prefix, and a ~6 GB 4-shard bf16 decoder-style checkpoint, written by
@@ -132,7 +133,8 @@ def build(
     from ckptsurgeon.dtypes import nbytes_of
     from ckptsurgeon.formats.checkpoint import Checkpoint, write_all
     from ckptsurgeon.rules.bert import Rule, generate
-    from ckptsurgeon.run.writer import OutTensor, write_checkpoint
+    from ckptsurgeon.run.layout import OutTensor
+    from ckptsurgeon.run.writer import write_checkpoint
 
     if path.exists():
         return
@@ -500,6 +502,11 @@ def main() -> None:
     parser.add_argument("--skip-large", action="store_true", help="skip bert-large")
     parser.add_argument("--skip-base", action="store_true", help="skip bert-base and its targets")
     parser.add_argument(
+        "--skip-clones",
+        action="store_true",
+        help="skip drop and reinit on a loop-mounted XFS (benchmarks/clones.py; needs root)",
+    )
+    parser.add_argument(
         "--skip-many",
         action="store_true",
         help="skip average and merge-lora (benchmarks/many.py)",
@@ -669,6 +676,12 @@ def suites(args: argparse.Namespace, report: Report) -> None:
             worst[0] < 400,
             f"max {worst[0]:.0f} MiB ({worst[1]})",
         )
+
+    if not args.skip_clones and not args.skip_6gb:
+        # copy-on-write: drop and reinit of the 6 GB decoder on XFS (clones.py)
+        from clones import suite as clones_suite
+
+        clones_suite(report, args.reps)
 
     if not args.skip_many:
         # several checkpoints in: average and merge-lora (many.py)

@@ -20,8 +20,8 @@ from .plan import Plan
 from .recipe import Recipe, Step, plan_recipe
 from .run.destination import check_destination, is_single_file
 from .run.execute import execute
-from .run.writer import DEFAULT_MAX_SHARD_SIZE, WriteResult
-from .sizes import parse_size
+from .run.layout import DEFAULT_MAX_SHARD_SIZE, shard_limit
+from .run.writer import WriteResult
 
 if TYPE_CHECKING:  # typing.Unpack is Python 3.11's
     from typing_extensions import Unpack
@@ -51,6 +51,7 @@ class Result:
     plan: Plan
     written: WriteResult | None
     notes: tuple[str, ...] = ()
+    cloned_bytes: int = 0  # output bytes whose blocks are shared with the source (XFS, btrfs)
 
     def to_json(self) -> dict[str, Any]:
         out = self.plan.to_json()
@@ -59,6 +60,8 @@ class Result:
             out["files"] = list(self.written.files)
             out["copied"] = list(self.written.copied)
             out["total_bytes"] = self.written.total_bytes
+            out["cloned_bytes"] = self.cloned_bytes
+            out["written_bytes"] = self.written.total_bytes - self.cloned_bytes
         out["dry_run"] = self.written is None
         return out
 
@@ -117,7 +120,7 @@ def run(
     hint = dropped_head_hint(plan)
     if hint:
         plan = plan.warn(hint)
-    shard_size = parse_size(max_shard_size) if isinstance(max_shard_size, str) else max_shard_size
+    shard_size = shard_limit(max_shard_size)
     if dest is None:
         return Result(plan, None)
     check_destination(ckpt, Path(dest), overwrite)
@@ -140,7 +143,7 @@ def run(
         progress=progress,
         inputs=[open_checkpoint(p) for p in plan.inputs],
     )
-    return Result(plan, done.written, done.notes)
+    return Result(plan, done.written, done.notes, done.cloned_bytes)
 
 
 def apply(

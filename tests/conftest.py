@@ -11,6 +11,11 @@ from typing import Any
 
 import pytest
 
+# deepspeed (the test extra) logs "Setting accelerator to CPU" on stdout whenever transformers
+# imports it (save_pretrained does) and no accelerator was chosen: every test process and its
+# children choose the CPU, so that no output depends on which test ran first
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 REAL = Path(os.environ.get("CKPTSURGEON_SHARED", SHARED)) / "real-checkpoints"
 

@@ -342,3 +342,18 @@ def test_a_safetensors_header_length_starting_with_0x80_is_not_a_pickle(tmp_path
     path.write_bytes(header + b"\0" * 4)
     ckpt = open_checkpoint(path)
     assert ckpt.format == "safetensors" and ckpt.names == ["w"]
+
+
+@pytest.mark.parametrize("layout", ["safetensors", "bin"])
+def test_read_into_fills_any_window_of_a_tensor(model_store, layout):
+    """merge-lora reads tensors into reused buffers: every window equals the tensor's bytes."""
+    from ckptsurgeon.formats.checkpoint import open_checkpoint
+
+    ckpt = open_checkpoint(model_store("bert", layout))
+    info = max(ckpt.tensors, key=lambda t: t.nbytes)
+    with ckpt.reader() as reader:
+        whole = reader.read(info)
+        for start, n in [(0, info.nbytes), (0, 5), (7, 100), (info.nbytes - 9, 9)]:
+            buf = bytearray(n)
+            reader.read_into(info, memoryview(buf), start)
+            assert bytes(buf) == whole[start : start + n], (start, n)

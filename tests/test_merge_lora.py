@@ -163,8 +163,12 @@ def test_a_bf16_base_is_merged_in_float32_and_rounded_once(tmp_path: Path):
 
     ad = load_file(str(adapter / "adapter_model.safetensors"))
     key = "base_model.model." + name.removesuffix(".weight")
-    delta = (ad[key + ".lora_B.weight"] @ ad[key + ".lora_A.weight"]) * (8 / 4)
-    assert torch.equal(got[name], (base_w + delta).to(torch.bfloat16))
+    b, a = ad[key + ".lora_B.weight"], ad[key + ".lora_A.weight"]
+    # in float32, one fused W + s * (B @ A), rounded once to bf16
+    assert torch.equal(got[name], torch.addmm(base_w, b, a, alpha=8 / 4).to(torch.bfloat16))
+    # which is PEFT's formula in float32 up to float32 rounding, far below bf16's step
+    peft_order = (base_w + (b @ a) * (8 / 4)).to(torch.bfloat16)
+    assert torch.allclose(got[name].float(), peft_order.float(), rtol=2**-7, atol=0)
 
 
 @pytest.mark.roundtrip

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from ckptsurgeon import PatternError
 from ckptsurgeon.dtypes import DTYPES
 from ckptsurgeon.patterns import expand_braces, matches, select
-from ckptsurgeon.run.writer import OutTensor, data_order, plan_shards, shard_filename
+from ckptsurgeon.run.layout import OutTensor, data_order, plan_shards, shard_filename
 from ckptsurgeon.sizes import format_size, parse_size
 
 
@@ -129,7 +129,8 @@ def test_shard_names_and_alignment():
 @pytest.mark.parametrize(("single", "limit"), [(True, 10**9), (False, 10**9), (False, 20)])
 def test_emission_order_is_the_writers_order(tmp_path, single, limit):
     from ckptsurgeon.formats.checkpoint import Checkpoint, write_all
-    from ckptsurgeon.run.writer import emission_order, write_checkpoint
+    from ckptsurgeon.run.layout import emission_order
+    from ckptsurgeon.run.writer import write_checkpoint
 
     tensors = [
         OutTensor(f"t{i}", dtype, (2,), 2 * DTYPES[dtype].itemsize)

@@ -9,11 +9,11 @@ import click
 
 from ..ops import Option
 from ..ops.base import CONFIG_SET
-from ..sizes import parse_size
+from ..run.layout import shard_limit
 
 
 class SizeType(click.ParamType):
-    """``5GB`` (powers of 1000) or ``500MiB`` (powers of 1024)."""
+    """``5GB`` (powers of 1000), ``500MiB`` (powers of 1024), or ``source``."""
 
     name = "SIZE"
 
@@ -21,7 +21,7 @@ class SizeType(click.ParamType):
         if isinstance(value, int):
             return value
         try:
-            return parse_size(value)
+            return shard_limit(value)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
@@ -107,7 +107,9 @@ def _write_options(f: Any) -> Any:
         type=SizeType(),
         default="5GB",
         show_default=True,
-        help="Largest shard of a directory DEST; KB/MB/GB are powers of 1000, KiB/MiB/GiB of 1024.",
+        help="Largest shard of a directory DEST; KB/MB/GB are powers of 1000, KiB/MiB/GiB of "
+        "1024; 'source': one file per source file (untouched ones are cloned whole on XFS or "
+        "btrfs).",
     )(f)
     f = click.option(
         "--dry-run", is_flag=True, help="Check SRC and DEST, print the plan, write nothing."

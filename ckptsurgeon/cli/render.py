@@ -221,7 +221,11 @@ def _report(result: Any, as_json: bool, *, dry_run: bool) -> None:
                 "default sizes"
             )
     click.echo(f"{summary}")
-    click.echo(f"wrote {w.destination} ({', '.join(w.files)}; {format_size(w.total_bytes)})")
+    size = format_size(w.total_bytes)
+    if result.cloned_bytes:  # blocks shared with the source: only the rest was written
+        written = w.total_bytes - result.cloned_bytes
+        size += f": cloned {format_size(result.cloned_bytes)}, wrote {format_size(written)}"
+    click.echo(f"wrote {w.destination} ({', '.join(w.files)}; {size})")
     if w.copied:
         click.echo("copied " + ", ".join(w.copied))
 

@@ -163,13 +163,17 @@ def _entry(name: str, info: Any, path: str) -> HeaderEntry:
 
 
 def build_header(
-    tensors: list[tuple[str, str, tuple[int, ...], int]], metadata: dict[str, str]
+    tensors: list[tuple[str, str, tuple[int, ...], int]],
+    metadata: dict[str, str],
+    data_start: tuple[int, int] | None = None,
 ) -> tuple[bytes, dict[str, tuple[int, int]]]:
     """The header bytes (length prefix included) for tensors laid out in the given order.
 
     ``tensors`` is ``[(name, dtype, shape, nbytes)]`` in data order. Keys are sorted and the JSON
-    is padded with spaces to a multiple of 8 so that the data buffer starts aligned. Returns the
-    bytes and each tensor's ``(begin, end)`` relative to the data buffer.
+    is padded with spaces to a multiple of 8 so that the data buffer starts aligned; with
+    ``data_start=(r, m)`` it is padded further (spaces, which the format allows) so that the
+    data buffer starts at an offset that is ``r`` modulo ``m``, when that keeps it a multiple
+    of 8. Returns the bytes and each tensor's ``(begin, end)`` relative to the data buffer.
     """
     obj: dict[str, Any] = {}
     offsets: dict[str, tuple[int, int]] = {}
@@ -183,4 +187,9 @@ def build_header(
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     raw = text.encode("utf-8")
     raw += b" " * (-len(raw) % 8)
+    if data_start is not None:
+        remainder, modulus = data_start
+        extra = (remainder - 8 - len(raw)) % modulus
+        if extra % 8 == 0:
+            raw += b" " * extra
     return struct.pack("<Q", len(raw)) + raw, offsets

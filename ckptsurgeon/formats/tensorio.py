@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 
 from ..dtypes import cast_bytes, numel_of
 from ..errors import CorruptCheckpointError, SourceReadError
+from ..libc import CLONE_BLOCK, clone_range
 
 # Called with a file name (and its fresh stat) before bytes are read from it, or with no
 # arguments to check every file: raises if a source file changed since it was listed.
@@ -90,6 +91,24 @@ class TensorReader:
         """All bytes of one tensor (only for small tensors; prefer :meth:`chunks`)."""
         return b"".join(bytes(c) for c in self.chunks(info))
 
+    def read_into(self, info: TensorInfo, view: memoryview, start: int = 0) -> None:
+        """Fill ``view`` (writable bytes) with the tensor's bytes from byte ``start`` on: no
+        buffer per chunk where the bytes lie in one file (:class:`SafetensorsReader`)."""
+        pos, end = 0, start + len(view)
+        for chunk in self.chunks(info):
+            lo, hi = max(pos, start), min(pos + len(chunk), end)
+            if lo < hi:
+                view[lo - start : hi - start] = memoryview(chunk)[lo - pos : hi - pos]
+            pos += len(chunk)
+            if pos >= end:
+                break
+
+    def clone_to(self, info: TensorInfo, fd: int) -> int:
+        """Copy ``info``'s bytes to ``fd``, sharing blocks where the file system can; returns
+        the bytes shared (here none: see :class:`SafetensorsReader`)."""
+        self.copy_to(info, fd)
+        return 0
+
     def copy_to(self, info: TensorInfo, fd: int) -> None:
         for chunk in self.chunks(info):
             write_all(fd, chunk)
@@ -101,6 +120,10 @@ def write_all(fd: int, data: memoryview | bytes) -> None:
     while view.nbytes:
         view = view[os.write(fd, view) :]
 
+
+# errors of FICLONERANGE that mean "not here" (no reflink, another file system, a block size
+# the offsets do not fit): copy instead
+_NO_CLONE = {errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.EBADF, errno.EPERM}
 
 # errors of copy_file_range that mean "not here": fall back to read/write
 _NO_COPY_RANGE = {
@@ -118,6 +141,7 @@ class SafetensorsReader(TensorReader):
         super().__init__(check_unchanged)
         self._fds: dict[str, int] = {}
         self._fast_copy = hasattr(os, "copy_file_range")
+        self._clones = True
 
     def _fd(self, fname: str) -> int:
         fd = self._fds.get(fname)
@@ -155,6 +179,25 @@ class SafetensorsReader(TensorReader):
                 )
             pos += len(data)
             yield data  # bytes: compares with memcmp, decodes with np.frombuffer
+
+    def read_into(self, info: TensorInfo, view: memoryview, start: int = 0) -> None:
+        if info.parts or info.blocks or info.offset is None:
+            return super().read_into(info, view, start)
+        fd = self._fd(info.file)
+        done = 0
+        while done < len(view):
+            try:
+                n = os.preadv(fd, [view[done:]], info.offset + start + done)
+            except OSError as exc:
+                raise read_error(exc, info.file) from exc
+            if n == 0:
+                raise CorruptCheckpointError(
+                    "file ended early while reading tensor " + repr(info.name),
+                    info.file,
+                    "the file was truncated; re-download or re-export it",
+                )
+            done += n
+        return None
 
     def _pieces(self, info: TensorInfo, chunk_bytes: int) -> Iterator[bytes | memoryview]:
         if info.blocks:
@@ -200,6 +243,34 @@ class SafetensorsReader(TensorReader):
                 buf[where] = np.frombuffer(data, np.uint8).reshape((a1 - a0, *sizes[1:], item))
             yield buf.reshape(-1).data
 
+    def clone_to(self, info: TensorInfo, fd: int) -> int:
+        """Copy like :meth:`copy_to`, but share the blocks that lie at the same offset modulo
+        the clone block in the source and at ``fd``'s position (copy-on-write file systems:
+        nothing written); the unaligned head and tail are copied. Returns the bytes cloned
+        (0 where clones do not work: the copy is then the whole)."""
+        if not self._clones or info.parts or info.blocks or info.offset is None:
+            self.copy_to(info, fd)
+            return 0
+        out = os.lseek(fd, 0, os.SEEK_CUR)
+        head = -out % CLONE_BLOCK
+        body = (info.nbytes - head) // CLONE_BLOCK * CLONE_BLOCK
+        if (info.offset - out) % CLONE_BLOCK or body <= 0:
+            self.copy_to(info, fd)
+            return 0
+        start = info.offset + head
+        self.copy_to(_span(info, info.offset, head), fd)
+        try:
+            clone_range(self._fd(info.file), start, body, fd, out + head)
+        except OSError as exc:
+            if exc.errno not in _NO_CLONE:
+                raise read_error(exc, info.file) from exc
+            self._clones = False  # another file system, or none that clones: copy from now on
+            self.copy_to(_span(info, start, info.nbytes - head), fd)
+            return 0
+        os.lseek(fd, out + head + body, os.SEEK_SET)
+        self.copy_to(_span(info, start + body, info.nbytes - head - body), fd)
+        return body
+
     def copy_to(self, info: TensorInfo, fd: int) -> None:
         """Copy bytes file-to-file in the kernel (``copy_file_range``), no user-space buffer."""
         if info.parts:
@@ -238,6 +309,11 @@ class SafetensorsReader(TensorReader):
             pos += n
             remaining -= n
         return None
+
+
+def _span(info: TensorInfo, offset: int, nbytes: int) -> TensorInfo:
+    """``nbytes`` bytes of ``info``'s file from ``offset``, as a tensor of bytes."""
+    return TensorInfo(info.name, "U8", (nbytes,), nbytes, info.file, offset)
 
 
 def _exactly(pieces: Iterator[bytes | memoryview], size: int) -> Iterator[bytes | memoryview]:

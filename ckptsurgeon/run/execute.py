@@ -24,14 +24,8 @@ from ..pipeline import background, ordered_map
 from ..plan import Combine, Copy, Generate, LoraMerge, ModelDraw, Plan, PlannedTensor, Rows
 from ..rules.bert import generate
 from .destination import is_single_file
-from .writer import (
-    DEFAULT_MAX_SHARD_SIZE,
-    KICK_BYTES,
-    OutTensor,
-    WriteResult,
-    emission_order,
-    write_checkpoint,
-)
+from .layout import DEFAULT_MAX_SHARD_SIZE, OutTensor, copy_runs, emission_order, out_tensor
+from .writer import KICK_BYTES, WriteResult, write_checkpoint
 
 CHUNK_BYTES = 4 << 20  # of a cast's source: a few of these in flight per core
 # computed bytes made ahead of the writer: computed tensors are written after the copied ones of
@@ -47,45 +41,7 @@ def _nbytes(chunk: bytes | memoryview) -> int:
 class Executed:
     written: WriteResult
     notes: tuple[str, ...]  # what only the bytes could tell (values lost to a cast)
-
-
-def _copy_runs(
-    files: list[list[OutTensor]], planned: dict[str, PlannedTensor], infos: dict[str, TensorInfo]
-) -> dict[str, tuple[TensorInfo, int]]:
-    """Runs of copied tensors that lie back to back in one source file, in the writer's order:
-    each is copied in one kernel call (far fewer calls than tensors; up to ``KICK_BYTES`` per
-    run, so that write-back still starts every ``KICK_BYTES``). Keyed by the run's first tensor;
-    the value spans the run's bytes, with the run's number of tensors."""
-    runs: dict[str, tuple[TensorInfo, int]] = {}
-
-    def source(t: OutTensor) -> TensorInfo | None:
-        p = planned[t.name]
-        if p.computed:
-            return None
-        assert isinstance(p.source, Copy)
-        info = infos[p.source.tensor]
-        return info if info.offset is not None else None
-
-    for ordered in files:
-        i = 0
-        while i < len(ordered):
-            first = source(ordered[i])
-            j = i + 1
-            if first is not None:
-                assert first.offset is not None
-                end = first.offset + first.nbytes
-                while j < len(ordered) and end - first.offset < KICK_BYTES:
-                    nxt = source(ordered[j])
-                    if nxt is None or nxt.file != first.file or nxt.offset != end:
-                        break
-                    end += nxt.nbytes
-                    j += 1
-                if j - i > 1:
-                    span = end - first.offset
-                    info = TensorInfo(first.name, "U8", (span,), span, first.file, first.offset)
-                    runs[ordered[i].name] = (info, j - i)
-            i = j
-    return runs
+    cloned_bytes: int = 0  # bytes whose blocks are shared with the source (not written)
 
 
 def _whole_elements(
@@ -283,9 +239,9 @@ def execute(
     ``progress(bytes_done_now, total_bytes)`` is called as output bytes are written."""
     planned = {t.name: t for t in plan.tensors}
     infos = {t.name: t for t in ckpt.tensors}
-    out = [OutTensor(t.name, t.dtype, t.shape, t.nbytes, t.computed) for t in plan.tensors]
+    out = [out_tensor(t, infos) for t in plan.tensors]
     files = emission_order(out, destination, max_shard_size)
-    runs = _copy_runs(files, planned, infos)
+    runs = copy_runs(files, planned, infos, KICK_BYTES)
     computed = [planned[t.name] for ordered in files for t in ordered if t.late]
     counter = _CastCounter()
     engines: dict[str, Any] = {}
@@ -317,9 +273,10 @@ def execute(
                 elif isinstance(p.source, Combine):
                     raw = _combine(p, p.source, sources, plan, threads)
                 elif isinstance(p.source, LoraMerge):
-                    from .merge import merged_bytes
+                    from .merge import Workspace, merged_bytes
 
-                    raw = merged_bytes(p, p.source, sources, CHUNK_BYTES)
+                    work = engines.setdefault("lora", Workspace())
+                    raw = merged_bytes(p, p.source, sources, CHUNK_BYTES, work)
                 elif p.source.input:  # a tensor of another input (an adapter's modules_to_save)
                     from_infos, from_reader = sources[p.source.input]
                     raw = from_reader.chunks(from_infos[p.source.tensor], CHUNK_BYTES)
@@ -342,16 +299,19 @@ def execute(
             if progress is not None:
                 progress(n, total)
 
+        cloned = 0
+
         def emit(t: OutTensor, fd: int) -> int:
+            nonlocal cloned
             if t.name in runs:  # t and the tensors after it, back to back in the source
                 span, count = runs[t.name]
-                reader.copy_to(span, fd)
+                cloned += reader.clone_to(span, fd)
                 done(span.nbytes)
                 return count
             p = planned[t.name]
             if not p.computed:
                 assert isinstance(p.source, Copy)
-                reader.copy_to(infos[p.source.tensor], fd)
+                cloned += reader.clone_to(infos[p.source.tensor], fd)
                 done(t.nbytes)
                 return 1
             remaining = t.nbytes
@@ -383,4 +343,4 @@ def execute(
             side_files=plan.side_files,
             replace_files={"config.json": config} if config is not None else None,
         )
-    return Executed(written, (*notes, *counter.notes()))
+    return Executed(written, (*notes, *counter.notes()), cloned)

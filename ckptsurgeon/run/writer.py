@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from .. import interrupts
-from ..dtypes import DTYPES
 from ..errors import CkptSurgeonError, VerificationError
 from ..formats.checkpoint import SAFE_INDEX, SAFE_SINGLE, Checkpoint, open_checkpoint, write_all
 from ..formats.safetensors import build_header
@@ -31,7 +30,7 @@ from ..formats.sidefiles import (
     copy_side_files,
     plan_side_files,
 )
-from ..libc import libc_function
+from ..libc import CLONE_BLOCK, clone_range, libc_function
 from ..record import with_copied
 from .destination import (
     check_destination,
@@ -42,20 +41,16 @@ from .destination import (
     remove_path,
     write_error,
 )
+from .layout import (
+    DEFAULT_MAX_SHARD_SIZE,
+    OutTensor,
+    data_order,
+    data_start,
+    shard_filename,
+    shard_groups,
+)
 
-DEFAULT_MAX_SHARD_SIZE = 5 * 10**9
 KICK_BYTES = 64 << 20
-
-
-@dataclass(frozen=True)
-class OutTensor:
-    """A tensor to write: its header fields. Bytes come from the writer's ``emit`` callback."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    nbytes: int
-    late: bool = False  # bytes are computed (drawn, cast): written after the copied ones
 
 
 @dataclass(frozen=True)
@@ -65,62 +60,6 @@ class WriteResult:
     copied: tuple[str, ...]  # other files copied from the source root
     total_bytes: int
     tensors: int
-
-
-def plan_shards(sizes: Sequence[tuple[str, int]], max_shard_size: int) -> list[list[str]]:
-    """Split tensor names into shards, in order, each at most ``max_shard_size`` bytes.
-
-    A pure function over sizes, as transformers does it: a tensor that would push the current
-    shard past the limit starts a new shard; a tensor larger than the limit gets a shard alone.
-
-    >>> plan_shards([("a", 4), ("b", 4), ("c", 4)], 8)
-    [['a', 'b'], ['c']]
-    """
-    shards: list[list[str]] = []
-    current: list[str] = []
-    current_size = 0
-    for name, size in sizes:
-        if current and current_size + size > max_shard_size:
-            shards.append(current)
-            current, current_size = [], 0
-        current.append(name)
-        current_size += size
-    if current or not shards:
-        shards.append(current)
-    return shards
-
-
-def shard_filename(i: int, n: int) -> str:
-    return f"model-{i:05d}-of-{n:05d}.safetensors"
-
-
-def data_order(tensors: Sequence[OutTensor]) -> list[OutTensor]:
-    """Order tensors in a file's data buffer: widest dtype first, so every tensor is aligned;
-    within a dtype, copied tensors before computed ones (``late``), so that the kernel copies
-    while numpy is imported and the first values are drawn."""
-    indexed = list(enumerate(tensors))
-    indexed.sort(key=lambda it: (-DTYPES[it[1].dtype].bits, it[1].late, it[0]))
-    return [t for _, t in indexed]
-
-
-def shard_groups(
-    tensors: Sequence[OutTensor], dest: str | os.PathLike[str], max_shard_size: int
-) -> list[list[OutTensor]]:
-    """The files :func:`write_checkpoint` writes for ``dest``: one group per file, in order."""
-    if is_single_file(dest):
-        return [list(tensors)]
-    by_name = {t.name: t for t in tensors}
-    groups = plan_shards([(t.name, t.nbytes) for t in tensors], max_shard_size)
-    return [[by_name[n] for n in group] for group in groups]
-
-
-def emission_order(
-    tensors: Sequence[OutTensor], dest: str | os.PathLike[str], max_shard_size: int
-) -> list[list[OutTensor]]:
-    """The order in which :func:`write_checkpoint` will call ``emit``: file by file (one list
-    per file), each in :func:`data_order`. Lets a caller prepare bytes ahead (e.g. draw random
-    numbers while the kernel copies kept tensors) and plan copies across neighbours."""
-    return [data_order(group) for group in shard_groups(tensors, dest, max_shard_size)]
 
 
 def write_safetensors(
@@ -140,10 +79,12 @@ def write_safetensors(
     with ``fsync=False`` the caller must fsync the file before publishing it.
     """
     ordered = data_order(tensors)
-    header, _ = build_header([(t.name, t.dtype, t.shape, t.nbytes) for t in ordered], metadata)
+    entries = [(t.name, t.dtype, t.shape, t.nbytes) for t in ordered]
+    header, _ = build_header(entries, metadata, data_start(ordered))
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        _preallocate(fd, len(header) + sum(t.nbytes for t in ordered))
+        if not _clones_here(ordered, fd):  # blocks cloned later need no space now
+            _preallocate(fd, len(header) + sum(t.nbytes for t in ordered))
         write_all(fd, header)
         pos = len(header)
         kicked = 0
@@ -170,6 +111,36 @@ def write_safetensors(
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_CLONES: dict[tuple[int, int], bool] = {}  # (source device, destination device) -> works
+
+
+def _clones_here(ordered: Sequence[OutTensor], fd: int) -> bool:
+    """Whether blocks of this file's copied tensors can be cloned from their source into ``fd``
+    (asked once per pair of file systems: one block cloned into the empty file, then cut off)."""
+    source = next((t.source for t in ordered if t.source is not None), None)
+    if source is None:
+        return False
+    try:
+        src_fd = os.open(source[0], os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(src_fd)
+        key = (st.st_dev, os.fstat(fd).st_dev)
+        if key not in _CLONES:
+            if st.st_size < CLONE_BLOCK:
+                return False
+            try:
+                clone_range(src_fd, 0, CLONE_BLOCK, fd, 0)
+                _CLONES[key] = True
+            except OSError:
+                _CLONES[key] = False
+            os.ftruncate(fd, 0)
+        return _CLONES[key]
+    finally:
+        os.close(src_fd)
 
 
 def _fsync_file(path: Path) -> None:

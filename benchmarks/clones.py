@@ -1,0 +1,130 @@
+"""Clones on a copy-on-write file system: what `drop` and `reinit` cost on XFS with reflink.
+
+    python benchmarks/clones.py            # root: loop-mounts a 20 GB sparse XFS image
+    python benchmarks/clones.py --reps 5
+
+The ~6.3 GB 4-shard bf16 decoder of run.py (26 layers) is copied once into a loop-mounted XFS
+(``mkfs.xfs -m reflink=1``); then, page cache warm, whole processes on that file system:
+
+- ``drop -p lm_head.weight`` (a head) against ``cp --reflink=never`` + fsync of its output, in
+  alternated pairs (GNU cp clones by default on XFS: the reference is a real copy). Targets:
+  at most 0.1x of the copy, and newly allocated bytes (statvfs, synced) at most 2% of the
+  output.
+- ``reinit --top-layers 3 --rules bert``: allocated at most 15% of the output.
+
+Needs root, xfsprogs and a loop device; about 20 GB of free disk for the sparse image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import run  # noqa: E402
+from run import CACHE, CKPT, Job, Report, paired, warm  # noqa: E402
+
+IMAGE = CACHE / "xfs.img"
+MOUNT = CACHE / "xfs-mnt"
+
+
+@contextlib.contextmanager
+def mounted() -> Iterator[Path]:
+    """The XFS image, made once (sparse), mounted for the suite and unmounted after."""
+    if os.geteuid() != 0 or shutil.which("mkfs.xfs") is None:
+        raise SystemExit("clones.py needs root and mkfs.xfs (apt-get install xfsprogs)")
+    if not IMAGE.exists():
+        with open(IMAGE, "wb") as fh:
+            fh.truncate(20 << 30)
+        subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(IMAGE)], check=True)
+    MOUNT.mkdir(exist_ok=True)
+    if not os.path.ismount(MOUNT):
+        subprocess.run(["mount", "-o", "loop", str(IMAGE), str(MOUNT)], check=True)
+    try:
+        yield MOUNT
+    finally:
+        subprocess.run(["umount", str(MOUNT)], check=False)
+
+
+def free_bytes(path: Path) -> int:
+    os.sync()
+    st = os.statvfs(path)
+    return st.f_bfree * st.f_frsize
+
+
+def allocated(job: Job, where: Path) -> int:
+    """The bytes the file system allocated for one run of ``job`` (its output kept, synced)."""
+    run.clean_out()
+    before = free_bytes(where)
+    cmd, shell = job
+    subprocess.run(cmd if not shell else ["/bin/sh", "-c", str(cmd)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    after = free_bytes(where)
+    run.clean_out()
+    return before - after
+
+
+def suite(report: Report, reps: int) -> None:
+    big = CACHE / "decoder-6gb-bf16"
+    if not big.exists():
+        raise SystemExit("run benchmarks/run.py first: it builds decoder-6gb-bf16")
+    with mounted() as mnt:
+        src = mnt / "decoder-6gb-bf16"
+        if not (src / "model.safetensors.index.json").exists():
+            shutil.rmtree(src, ignore_errors=True)
+            subprocess.run(["cp", "-r", "--reflink=never", str(big), str(src)], check=True)
+        warm(src)
+        saved_out = run.OUT
+        run.OUT = mnt / "out"  # every output on the XFS
+        try:
+            out = run.OUT
+            ref: Job = (
+                f"cp -r --reflink=never {shlex.quote(str(src))} {out}/cp && "
+                f"sync {out}/cp/* {out}/cp",
+                True,
+            )
+            drop: Job = ([*CKPT, "drop", str(src), str(out / "drop"), "-p", "lm_head.weight",
+                          "-q"], False)  # fmt: skip
+            res = paired({"drop": drop}, ref, reps)
+            size = sum(f.stat().st_size for f in big.iterdir() if f.is_file())
+            label = "6GB bf16 on XFS"
+            report.add(label, "cp --reflink=never + sync", res["reference"])
+            ratio = res["drop"].ratio
+            report.add(label, "ckptsurgeon drop -p lm_head.weight", res["drop"], f"{ratio:.2f}x")
+            report.target("XFS: drop of a head at most 0.1x of cp+fsync", ratio <= 0.1,
+                          f"{ratio:.3f}x")  # fmt: skip
+            got = allocated(drop, mnt) / size
+            report.target("XFS: drop allocates at most 2% of the output", got <= 0.02,
+                          f"{100 * got:.2f}%")  # fmt: skip
+            reinit: Job = ([*CKPT, "reinit", str(src), str(out / "reinit"), "--top-layers", "3",
+                            "--rules", "bert", "-q"], False)  # fmt: skip
+            got = allocated(reinit, mnt) / size
+            report.target("XFS: reinit --top-layers 3 of 26 allocates at most 15%", got <= 0.15,
+                          f"{100 * got:.2f}%")  # fmt: skip
+        finally:
+            run.clean_out()
+            run.OUT = saved_out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--reps", type=int, default=3)
+    args = parser.parse_args()
+    CACHE.mkdir(exist_ok=True)
+    report = Report()
+    suite(report, args.reps)
+    print()
+    report.print()
+
+
+if __name__ == "__main__":
+    main()

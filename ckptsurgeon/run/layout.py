@@ -1,0 +1,180 @@
+"""The layout of the output files, a pure function of the plan and the options: which tensors
+go into which file (``--max-shard-size``, or ``source``: the source's files), in what order, and
+where each file's data buffer starts so that tensors copied unchanged keep their source offsets
+modulo the clone block. The same layout on every file system: only the writing differs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..dtypes import DTYPES
+from ..formats.tensorio import TensorInfo
+from ..libc import CLONE_BLOCK
+from ..plan import Copy, PlannedTensor
+from ..sizes import parse_size
+from .destination import is_single_file
+
+DEFAULT_MAX_SHARD_SIZE = 5 * 10**9
+SOURCE_SHARDS = 0  # --max-shard-size source: one output file per source file
+
+
+def shard_limit(value: int | str) -> int:
+    """``--max-shard-size``: bytes, a size such as ``"5GB"``, or ``"source"`` (the source's
+    files: :data:`SOURCE_SHARDS`)."""
+    if isinstance(value, str):
+        return SOURCE_SHARDS if value.strip().lower() == "source" else parse_size(value)
+    return value
+
+
+@dataclass(frozen=True)
+class OutTensor:
+    """A tensor to write: its header fields. Bytes come from the writer's ``emit`` callback."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    late: bool = False  # bytes are computed (drawn, cast, combined), not copied
+    # copied unchanged from this (file, byte offset): laid out so that its blocks can be shared
+    source: tuple[str, int] | None = None
+    home: str | None = None  # the source file it comes from (--max-shard-size source)
+
+
+def plan_shards(sizes: Sequence[tuple[str, int]], max_shard_size: int) -> list[list[str]]:
+    """Split tensor names into shards, in order, each at most ``max_shard_size`` bytes.
+
+    A pure function over sizes, as transformers does it: a tensor that would push the current
+    shard past the limit starts a new shard; a tensor larger than the limit gets a shard alone.
+
+    >>> plan_shards([("a", 4), ("b", 4), ("c", 4)], 8)
+    [['a', 'b'], ['c']]
+    """
+    shards: list[list[str]] = []
+    current: list[str] = []
+    current_size = 0
+    for name, size in sizes:
+        if current and current_size + size > max_shard_size:
+            shards.append(current)
+            current, current_size = [], 0
+        current.append(name)
+        current_size += size
+    if current or not shards:
+        shards.append(current)
+    return shards
+
+
+def shard_filename(i: int, n: int) -> str:
+    return f"model-{i:05d}-of-{n:05d}.safetensors"
+
+
+def data_order(tensors: Sequence[OutTensor]) -> list[OutTensor]:
+    """Order tensors in a file's data buffer: widest dtype first, so every tensor is aligned;
+    within a dtype, in the plan's order, which is the source's: computed tensors stay where the
+    tensors they replace were, so the copied runs around them keep their offsets (and can be
+    cloned, see :func:`data_start`)."""
+    indexed = list(enumerate(tensors))
+    indexed.sort(key=lambda it: (-DTYPES[it[1].dtype].bits, it[0]))
+    return [t for _, t in indexed]
+
+
+def data_start(ordered: Sequence[OutTensor]) -> tuple[int, int] | None:
+    """Where a file's data buffer should start, modulo the clone block: the offset at which the
+    most copied bytes start at the same offset modulo the block as in their source, so that
+    their blocks can be shared (:func:`~ckptsurgeon.libc.clone_range`). A pure function of the
+    layout: the same bytes on every file system. None when nothing is copied."""
+    weight: dict[int, int] = {}
+    pos = 0
+    for t in ordered:
+        if t.source is not None and t.nbytes >= CLONE_BLOCK:
+            shift = (t.source[1] - pos) % CLONE_BLOCK
+            weight[shift] = weight.get(shift, 0) + t.nbytes
+        pos += t.nbytes
+    if not weight:
+        return None
+    return max(sorted(weight), key=weight.__getitem__), CLONE_BLOCK
+
+
+def shard_groups(
+    tensors: Sequence[OutTensor], dest: str | os.PathLike[str], max_shard_size: int
+) -> list[list[OutTensor]]:
+    """The files :func:`write_checkpoint` writes for ``dest``: one group per file, in order.
+    With :data:`SOURCE_SHARDS`, one file per source file (a tensor with no source file of its
+    own joins its neighbour's)."""
+    if is_single_file(dest):
+        return [list(tensors)]
+    if max_shard_size == SOURCE_SHARDS:
+        homes: dict[str | None, list[OutTensor]] = {}
+        last: str | None = None
+        for t in tensors:
+            last = t.home if t.home is not None else last
+            homes.setdefault(last, []).append(t)
+        return list(homes.values()) or [[]]
+    by_name = {t.name: t for t in tensors}
+    groups = plan_shards([(t.name, t.nbytes) for t in tensors], max_shard_size)
+    return [[by_name[n] for n in group] for group in groups]
+
+
+def emission_order(
+    tensors: Sequence[OutTensor], dest: str | os.PathLike[str], max_shard_size: int
+) -> list[list[OutTensor]]:
+    """The order in which :func:`write_checkpoint` will call ``emit``: file by file (one list
+    per file), each in :func:`data_order`. Lets a caller prepare bytes ahead (e.g. draw random
+    numbers while the kernel copies kept tensors) and plan copies across neighbours."""
+    return [data_order(group) for group in shard_groups(tensors, dest, max_shard_size)]
+
+
+def out_tensor(p: PlannedTensor, infos: dict[str, TensorInfo]) -> OutTensor:
+    """What the writer needs of a planned tensor: header fields, and where a copied tensor's
+    bytes lie in its source file (to lay it out for clones) or which source file it comes from
+    (``--max-shard-size source``)."""
+    origin = infos.get(getattr(p.source, "tensor", p.name)) or infos.get(p.name)
+    home = origin.file if origin is not None else None
+    source = None
+    plain = origin is not None and not origin.parts and not origin.blocks
+    if not p.computed and plain and origin is not None and origin.offset is not None:
+        source = (origin.file, origin.offset)
+    return OutTensor(p.name, p.dtype, p.shape, p.nbytes, p.computed, source, home)
+
+
+def copy_runs(
+    files: list[list[OutTensor]],
+    planned: dict[str, PlannedTensor],
+    infos: dict[str, TensorInfo],
+    limit: int,
+) -> dict[str, tuple[TensorInfo, int]]:
+    """Runs of copied tensors that lie back to back in one source file, in the writer's order:
+    each is copied in one kernel call (far fewer calls than tensors; up to ``limit`` bytes per
+    run, so that the writer still starts write-back every so often). Keyed by the run's first
+    tensor; the value spans the run's bytes, with the run's number of tensors."""
+    runs: dict[str, tuple[TensorInfo, int]] = {}
+
+    def source(t: OutTensor) -> TensorInfo | None:
+        p = planned[t.name]
+        if p.computed:
+            return None
+        assert isinstance(p.source, Copy)
+        info = infos[p.source.tensor]
+        return info if info.offset is not None else None
+
+    for ordered in files:
+        i = 0
+        while i < len(ordered):
+            first = source(ordered[i])
+            j = i + 1
+            if first is not None:
+                assert first.offset is not None
+                end = first.offset + first.nbytes
+                while j < len(ordered) and end - first.offset < limit:
+                    nxt = source(ordered[j])
+                    if nxt is None or nxt.file != first.file or nxt.offset != end:
+                        break
+                    end += nxt.nbytes
+                    j += 1
+                if j - i > 1:
+                    span = end - first.offset
+                    info = TensorInfo(first.name, "U8", (span,), span, first.file, first.offset)
+                    runs[ordered[i].name] = (info, j - i)
+            i = j
+    return runs
