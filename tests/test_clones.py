@@ -70,6 +70,9 @@ JOBS: dict[str, list[str]] = {
     "rename": ["rename", "--sub", "^bert\\.", "encoder_model."],
     "convert": ["convert", "--max-shard-size", "80MB"],
     "reinit": ["reinit", "--top-layers", "1", "--rules", "bert"],
+    # a gap in the middle: small tensors from later fill it so the rest stays aligned
+    "layers": ["layers", "--drop", "0"],
+    "drop-middle": ["drop", "-p", "bert.encoder.layer.0.attention.self.*"],
 }
 RECIPE = (
     "steps:\n  - {op: drop, patterns: ['cls.*']}\n  - {op: reinit, top_layers: 1, rules: bert}\n"
@@ -97,19 +100,24 @@ def bert_base_width(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_copied_tensors_keep_their_offset_modulo_the_block(bert_base_width, tmp_path, job):
     out = tmp_path / job
     result = _run(job, bert_base_width, out)
-    src = _offsets(bert_base_width)
-    changed = {t["name"] for t in result["tensors"] if t["action"] == "reinit"}
-    got = _offsets(out)
-    renamed = {n.replace("encoder_model.", "bert.", 1): n for n in got}
-    assert len(got) == len(renamed)
-    aligned = 0
-    for name, (_, offset) in src.items():
-        new = renamed.get(name) if job == "rename" else name
-        if new is None or new not in got or name in changed:
+    src, got = _offsets(bert_base_width), _offsets(out)
+    rows = {row["name"]: row for row in result["tensors"]}  # the tensors that changed
+    sizes = {t.name: t.nbytes for t in open_checkpoint(out).tensors}
+    aligned = unaligned = 0
+    for name, (_, offset) in got.items():
+        row = rows.get(name, {"action": "keep"})
+        if row["action"] not in ("keep", "rename") or sizes[name] < 64 << 10:
             continue
-        assert (got[new][1] - offset) % BLOCK == 0, name
-        aligned += 1
-    assert aligned >= 20  # every copied tensor was checked above
+        was = row.get("renamed_from", name)
+        if (offset - src[was][1]) % BLOCK == 0:
+            aligned += sizes[name]
+        else:
+            unaligned += sizes[name]
+    if job in ("layers", "drop-middle"):
+        # a gap in the middle: small tensors fill it; the last head tensor may starve
+        assert aligned >= 0.97 * (aligned + unaligned), (aligned, unaligned)
+    else:  # every large copied tensor
+        assert unaligned == 0 and aligned > 0
 
 
 def test_the_layout_is_still_a_valid_dense_safetensors_file(bert_base_width, tmp_path):

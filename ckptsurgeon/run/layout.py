@@ -69,14 +69,95 @@ def shard_filename(i: int, n: int) -> str:
     return f"model-{i:05d}-of-{n:05d}.safetensors"
 
 
+ANCHOR_BYTES = 64 << 10  # copied tensors this large are worth keeping clonable
+SMALL_BYTES = 64 << 10  # tensors this small may move to fill a gap (biases, norms)
+CANDIDATES = 64  # small tensors considered per gap
+
+
 def data_order(tensors: Sequence[OutTensor]) -> list[OutTensor]:
     """Order tensors in a file's data buffer: widest dtype first, so every tensor is aligned;
     within a dtype, in the plan's order, which is the source's: computed tensors stay where the
     tensors they replace were, so the copied runs around them keep their offsets (and can be
-    cloned, see :func:`data_start`)."""
+    cloned, see :func:`data_start`). Where a tensor left out before a large copied one would
+    shift it off its source offset modulo the block, small tensors from later in the file fill
+    the gap (:func:`_fill_gaps`)."""
     indexed = list(enumerate(tensors))
     indexed.sort(key=lambda it: (-DTYPES[it[1].dtype].bits, it[0]))
-    return [t for _, t in indexed]
+    ordered = [t for _, t in indexed]
+    start = data_start(ordered)
+    return ordered if start is None else _fill_gaps(ordered, start[0])
+
+
+def _fill_gaps(ordered: list[OutTensor], start: int) -> list[OutTensor]:
+    """Keep each large copied tensor at its source offset modulo the block: the small tensors
+    (biases, norms: same dtype width, whole multiples of 8 bytes) before it are placed as in the
+    source when that aligns it, else a set of small tensors, waiting or from later in the file,
+    whose sizes add up to the shift (a subset sum modulo the block); the others wait for the
+    next large tensor. A pure function of the layout; a gap no set fills is left (that tensor
+    is then copied, not cloned)."""
+
+    def small(u: OutTensor, bits: int) -> bool:
+        return u.nbytes < SMALL_BYTES and u.nbytes % 8 == 0 and DTYPES[u.dtype].bits == bits
+
+    out: list[OutTensor] = []
+    pending: list[OutTensor] = []
+    placed: set[str] = set()
+    pos = start
+
+    def place(items: Sequence[OutTensor]) -> None:
+        nonlocal pos
+        for u in items:
+            out.append(u)
+            placed.add(u.name)
+            pos += u.nbytes
+
+    for i, t in enumerate(ordered):
+        if t.name in placed:
+            continue
+        bits = DTYPES[t.dtype].bits
+        if pending and DTYPES[pending[0].dtype].bits != bits:
+            place(pending)  # a narrower dtype starts: the wider ones go first
+            pending = []
+        if small(t, bits):
+            pending.append(t)
+            continue
+        if t.source is not None and t.nbytes >= ANCHOR_BYTES:
+            need = (t.source[1] - pos) % CLONE_BLOCK
+            if sum(u.nbytes for u in pending) % CLONE_BLOCK != need:
+                later = [u for u in ordered[i + 1 :] if u.name not in placed and small(u, bits)]
+                chosen = _subset_sum([*pending, *later][: len(pending) + CANDIDATES], need)
+                if chosen or need == 0:
+                    place(chosen)
+                    pending = [u for u in pending if u.name not in placed]
+                    place([t])
+                    continue
+        place(pending)
+        pending = []
+        place([t])
+    place(pending)
+    return out
+
+
+def _subset_sum(pool: list[OutTensor], need: int) -> list[OutTensor]:
+    """Tensors of ``pool`` (in pool order) whose sizes add up to ``need`` modulo the block, the
+    first such set found; [] when none does."""
+    reached: dict[int, tuple[int, int]] = {0: (-1, -1)}  # residue -> (item, previous residue)
+    for k, u in enumerate(pool):
+        step = u.nbytes % CLONE_BLOCK
+        for residue in list(reached):
+            new = (residue + step) % CLONE_BLOCK
+            if new not in reached:
+                reached[new] = (k, residue)
+        if need in reached:
+            break
+    if need not in reached:
+        return []
+    picked: list[int] = []
+    residue = need
+    while residue:
+        k, residue = reached[residue]
+        picked.append(k)
+    return [pool[k] for k in sorted(picked)]
 
 
 def data_start(ordered: Sequence[OutTensor]) -> tuple[int, int] | None:
