@@ -55,6 +55,8 @@ _LAZY = {
     "parse_size": "sizes",
     "Verification": "tools.verify",
     "verify": "tools.verify",
+    "CheckResult": "tools.check",
+    "check": "tools.check",
     "write_plot": "tools.plot",
 }
 
@@ -79,6 +81,7 @@ if _typing.TYPE_CHECKING:  # pragma: no cover
     from .plan import Plan
     from .recipe import Recipe
     from .sizes import parse_size
+    from .tools.check import CheckResult, check
     from .tools.compare import DiffResult, diff
     from .tools.inspection import Inspection, inspect
     from .tools.plot import write_plot
@@ -102,6 +105,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "CheckResult",
     "Checkpoint",
     "CheckpointNotFoundError",
     "CkptSurgeonError",
@@ -126,6 +130,7 @@ __all__ = [
     "apply",
     "average",
     "cast",
+    "check",
     "config",
     "convert",
     "diff",

@@ -25,7 +25,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
             "ops.reinit", "ops.cast", "ops.rename", "ops.layers", "ops.vocab", "ops.config",
             "ops.average", "ops.merge_lora", "recipe"),
     "run": ("run", "run.layout", "run.writer", "run.destination", "run.execute", "run.merge", "api"),
-    "tools": ("tools", "tools.inspection", "tools.compare", "tools.plot", "tools.verify"),
+    "tools": ("tools", "tools.inspection", "tools.compare", "tools.plot", "tools.verify",
+              "tools.check", "tools.check_values", "tools.check_config"),
     "cli": ("cli", "cli.group", "cli.surgery", "cli.reading", "cli.options", "cli.render",
             "__main__"),
 }  # fmt: skip

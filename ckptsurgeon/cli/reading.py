@@ -225,3 +225,63 @@ def diff_cmd(
     else:
         _render_diff(result, show_all)
     ctx.exit(status)
+
+
+@main.command("check")
+@click.argument("src", type=click.Path())
+@click.option(
+    "--write-manifest",
+    metavar="FILE",
+    help="Write the sha256 and size of every file of SRC to FILE (JSON), from the same read.",
+)
+@click.option("--manifest", metavar="FILE", help="Check every file of SRC against a manifest FILE.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Threads that scan values [default: the CPUs this process may use].",
+)
+@_revision_option
+@_json_option("every check")
+@_quiet_option
+@click.pass_context
+def check_cmd(
+    ctx: click.Context,
+    src: str,
+    write_manifest: str | None,
+    manifest: str | None,
+    threads: int | None,
+    revision: str | None,
+    as_json: bool,
+) -> None:
+    """Gate a release without torch: are SRC's files whole, consistent and finite?
+
+    Checks: files (headers parse, data covered exactly, dtype x shape = bytes, a sharded index
+    names exactly its shards and tensors, each once, with the right total_size, no stray weight
+    file), values (NaN and Inf per floating tensor; a weight matrix that is all zero: warn),
+    config.json against the tensors (vocab_size, layers, hidden_size, a tied head, dtype), and
+    with --manifest every file's sha256 and size. Exit 0 when nothing fails, 1 when a check
+    fails (one line each), 2 when it cannot run.
+    """
+    from ..tools.check import check
+
+    with _progress("check") as bar:
+        result = check(
+            src,
+            write_manifest=write_manifest,
+            manifest=manifest,
+            threads=threads,
+            revision=revision,
+            on_bytes=bar,
+        )
+    status = 0 if result.ok else 1
+    ctx.obj["exit_code"] = status
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        for f in result.findings:
+            if f.status == "ok" and _quiet():
+                continue
+            click.echo(f"{f.status:<4}  {f.check}: {f.detail}")
+        click.echo(f"{result.path}: {'all checks pass' if result.ok else 'FAILED'}")
+    ctx.exit(status)

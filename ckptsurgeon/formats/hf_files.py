@@ -69,7 +69,7 @@ def open_torch(p: Path) -> Checkpoint:
     )
 
 
-def _check_shard_name(index: Path, shard: Any) -> str:
+def check_shard_name(index: Path, shard: Any) -> str:
     def bad(problem: str) -> CorruptCheckpointError:
         return CorruptCheckpointError(
             f"unsafe or invalid shard name {shard!r}: {problem}",
@@ -112,7 +112,7 @@ def open_index(index: Path) -> Checkpoint:
     want_ext = ".safetensors" if is_safe else TORCH_SUFFIXES
     shards: list[str] = []
     for shard in weight_map.values():
-        _check_shard_name(index, shard)
+        check_shard_name(index, shard)
         if shard not in shards:
             shards.append(shard)
     for shard in shards:

@@ -21,7 +21,7 @@ from ..rules.bert import Rule, std_from
 from ..ties import name_ties
 from .base import SEED, Operation, Option
 
-_EMBEDDING_ENDS = (
+EMBEDDING_ENDS = (
     "word_embeddings.weight",
     "embed_tokens.weight",
     "wte.weight",
@@ -32,7 +32,7 @@ _EMBEDDING_ENDS = (
 # Heads and head biases named by their whole name (a suffix would match other models' tensors)
 _HEAD_NAMES = ("decoder.weight",)  # ModernBERT's head, when stored (untied)
 _BIAS_NAMES = ("decoder.bias",)  # ModernBERT's head bias
-_HEAD_ENDS = (
+HEAD_ENDS = (
     "lm_head.weight",
     "predictions.decoder.weight",
     "lm_head.decoder.weight",
@@ -61,7 +61,7 @@ def vocab_key(plan: Plan, embeddings: list[PlannedTensor]) -> str | None:
 def vocab_tensors(plan: Plan) -> tuple[int, list[PlannedTensor], str | None]:
     """The current vocabulary size, the tensors that have one row per token, and the config
     key that holds the size."""
-    embeddings = [t for t in plan.tensors if t.name.endswith(_EMBEDDING_ENDS) and len(t.shape) == 2]
+    embeddings = [t for t in plan.tensors if t.name.endswith(EMBEDDING_ENDS) and len(t.shape) == 2]
     key = vocab_key(plan, embeddings)
     if key is not None:
         size = int(config_get(plan.config, key))
@@ -83,12 +83,12 @@ def vocab_tensors(plan: Plan) -> tuple[int, list[PlannedTensor], str | None]:
         and (
             (
                 len(t.shape) == 2
-                and (t.name.endswith(_EMBEDDING_ENDS + _HEAD_ENDS) or t.name in _HEAD_NAMES)
+                and (t.name.endswith(EMBEDDING_ENDS + HEAD_ENDS) or t.name in _HEAD_NAMES)
             )
             or (len(t.shape) == 1 and (t.name.endswith(_BIAS_ENDS) or t.name in _BIAS_NAMES))
         )
     ]
-    if not any(t.name.endswith(_EMBEDDING_ENDS) for t in found):
+    if not any(t.name.endswith(EMBEDDING_ENDS) for t in found):
         raise SelectionError(
             f"no word embeddings with vocab_size {size} rows",
             plan.source,
