@@ -677,6 +677,12 @@ def suites(args: argparse.Namespace, report: Report) -> None:
             f"max {worst[0]:.0f} MiB ({worst[1]})",
         )
 
+    if not args.skip_6gb:
+        # check, the torch-free gate, against sha256sum and cat of the same files (check.py)
+        from check import suite as check_suite
+
+        check_suite(report, args.reps)
+
     if not args.skip_clones and not args.skip_6gb:
         # copy-on-write: drop and reinit of the 6 GB decoder on XFS (clones.py)
         from clones import suite as clones_suite

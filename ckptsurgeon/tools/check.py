@@ -33,7 +33,7 @@ from ..formats.checkpoint import (
 from ..formats.config_json import read_config
 from ..formats.hf_files import check_shard_name
 from ..formats.safetensors import read_header
-from ..pipeline import ordered_map
+from ..pipeline import ordered_map, usable_cpus
 from .check_config import check_config
 from .check_values import CHUNK, Tally, scan
 
@@ -100,14 +100,15 @@ def check(
         _values_through(other, report, threads)
         hashes: dict[str, str] = {}
     else:
-        hashes = _values(tensors, weight_files, report, threads, on_bytes)
+        hashing = manifest is not None or write_manifest is not None
+        hashes = _values(tensors, weight_files, report, threads, on_bytes, hashing)
     if config is not None:
         check_config(config, tensors, report.add)
-    files = _all_files(path, skip)
-    table = {}
-    for rel, f in files.items():
-        digest = hashes.get(str(f)) or _sha256(f)
-        table[rel] = {"sha256": digest, "size": f.stat().st_size}
+    table: dict[str, dict[str, Any]] = {}
+    if manifest is not None or write_manifest is not None:
+        for rel, f in _all_files(path, skip).items():
+            digest = hashes.get(str(f)) or _sha256(f)
+            table[rel] = {"sha256": digest, "size": f.stat().st_size}
     if manifest is not None:
         _against_manifest(Path(manifest), table, report)
     if write_manifest is not None:
@@ -236,6 +237,7 @@ def _values(
     report: _Report,
     threads: int | None,
     on_bytes: Callable[[int, int], None] | None,
+    hashing: bool,
 ) -> dict[str, str]:
     """Scan every floating tensor of ``files`` (NaN, Inf, all zero) while hashing each file in
     the same read; returns each file's sha256."""
@@ -245,14 +247,17 @@ def _values(
     done = 0
     for f in files:
         mine = sorted((t for t in tensors if t.file == str(f)), key=lambda t: t.offset or 0)
-        digest = hashlib.sha256()
-        for chunk_tallies, n in ordered_map(scan, _pieces(f, mine, digest), threads):
+        digest = hashlib.sha256() if hashing else None
+        workers = threads or usable_cpus()
+        pieces = _pieces(f, mine, digest, 2 * workers + 2)
+        for chunk_tallies, n in ordered_map(scan, pieces, workers):
             for name, tally in chunk_tallies:
                 tallies.setdefault(name, Tally()).merge(tally)
             done += n
             if on_bytes is not None:
                 on_bytes(n, total)
-        hashes[str(f)] = digest.hexdigest()
+        if digest is not None:
+            hashes[str(f)] = digest.hexdigest()
     if files:
         _judge(tensors, tallies, report)
     return hashes
@@ -293,34 +298,46 @@ def _values_through(ckpt: Checkpoint, report: _Report, threads: int | None) -> N
 
 
 def _pieces(
-    f: Path, tensors: list[TensorInfo], digest: Any
-) -> Iterator[tuple[list[tuple[TensorInfo, bytes]], int]]:
+    f: Path, tensors: list[TensorInfo], digest: Any, ring: int
+) -> Iterator[tuple[list[tuple[TensorInfo, bytes | memoryview]], int]]:
     """The file in chunks (hashed here, in order), each cut into the tensors it holds, whole
-    elements only (an element split by a chunk boundary is carried to the next chunk)."""
+    elements only (an element split by a chunk boundary is carried to the next chunk). Chunks
+    are read into a ring of ``ring`` reused buffers: more than the scans in flight."""
+    buffers = [bytearray(CHUNK) for _ in range(ring)]
     carry: dict[str, bytes] = {}
-    with open(f, "rb") as fh:
+    with open(f, "rb", buffering=0) as fh:
         pos = 0
         i = 0
-        while data := fh.read(CHUNK):
-            digest.update(data)
-            cut: list[tuple[TensorInfo, bytes]] = []
-            end = pos + len(data)
+        k = 0
+        while True:
+            buffer = buffers[k % ring]
+            k += 1
+            size = fh.readinto(buffer)
+            if not size:
+                return
+            data = memoryview(buffer)[:size]
+            if digest is not None:
+                digest.update(data)
+            cut: list[tuple[TensorInfo, bytes | memoryview]] = []
+            end = pos + size
             while i < len(tensors):
                 t = tensors[i]
                 begin = t.offset or 0
                 stop = begin + t.nbytes
                 lo, hi = max(begin, pos), min(stop, end)
                 if lo < hi:
-                    piece = carry.pop(t.name, b"") + data[lo - pos : hi - pos]
+                    piece: bytes | memoryview = data[lo - pos : hi - pos]
+                    if t.name in carry:
+                        piece = carry.pop(t.name) + bytes(piece)
                     whole = len(piece) - len(piece) % DTYPES[t.dtype].itemsize
                     if whole < len(piece):
-                        carry[t.name] = piece[whole:]
+                        carry[t.name] = bytes(piece[whole:])
                     cut.append((t, piece[:whole]))
                 if stop > end:
                     break
                 i += 1
             pos = end
-            yield cut, len(data)
+            yield cut, size
 
 
 def _sha256(f: Path) -> str:

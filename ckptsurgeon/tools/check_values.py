@@ -4,11 +4,13 @@ counted exactly, without torch and without decoding."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
+from typing import Any
 
 from ..formats.tensorio import TensorInfo
 
-CHUNK = 16 << 20
+CHUNK = 4 << 20  # measured: 2 MB 1.42 s, 4 MB 1.27 s, 8 MB 1.39 s, 16 MB 1.59 s on 6 GB
 
 # dtype -> (unsigned view, magnitude mask, Inf pattern or None, NaN when magnitude > this, or ==)
 _FLOATS: dict[str, tuple[str, int, int | None, int, bool]] = {
@@ -25,7 +27,7 @@ _FLOATS: dict[str, tuple[str, int, int | None, int, bool]] = {
 class Tally:
     nan: int = 0
     inf: int = 0
-    nonzero: int = 0
+    nonzero: int = 0  # pieces holding a non-zero value
 
     def merge(self, other: Tally) -> None:
         self.nan += other.nan
@@ -33,28 +35,51 @@ class Tally:
         self.nonzero += other.nonzero
 
 
+_SCRATCH = threading.local()
+
+
+def _magnitudes(piece: bytes | memoryview, view: str, mask: int) -> Any:
+    """The piece's values as unsigned integers with the sign bit masked, in a scratch buffer
+    reused by this thread (no allocation per chunk)."""
+    import numpy as np
+
+    values = np.frombuffer(piece, dtype=view)
+    scratch = getattr(_SCRATCH, view, None)
+    if scratch is None or scratch.size < values.size:
+        scratch = np.empty(max(values.size, CHUNK // values.itemsize), dtype=view)
+        setattr(_SCRATCH, view, scratch)
+    out = scratch[: values.size]
+    np.bitwise_and(values, np.array(mask, dtype=view), out=out)
+    return out
+
+
 def scan(
-    item: tuple[list[tuple[TensorInfo, bytes]], int],
+    item: tuple[list[tuple[TensorInfo, bytes | memoryview]], int],
 ) -> tuple[list[tuple[str, Tally]], int]:
     """Count NaN, Inf and non-zero values in each floating tensor's piece of one chunk (on a
-    worker thread: numpy releases the GIL)."""
+    worker thread: numpy releases the GIL). One masking pass and one ``max``: the largest
+    magnitude says whether any value is non-zero and whether any is NaN or Inf (their exponent
+    is all ones, above every finite value); only then are they counted."""
     import numpy as np
 
     cut, n = item
     out = []
     for t, piece in cut:
         spec = _FLOATS.get(t.dtype)
-        if spec is None:
+        if spec is None or not len(piece):
             continue
         view, mask, inf, nan_at, nan_equal = spec
-        magnitude = np.frombuffer(piece, dtype=view) & np.array(mask, dtype=view)
-        tally = Tally(nonzero=int(np.count_nonzero(magnitude)))
-        if nan_equal:
-            tally.nan = int(np.count_nonzero(magnitude == nan_at))
-        else:
-            tally.nan = int(np.count_nonzero(magnitude > nan_at))
-        if inf is not None:
-            tally.inf = int(np.count_nonzero(magnitude == inf))
+        magnitude = _magnitudes(piece, view, mask)
+        top = int(magnitude.max())
+        tally = Tally(nonzero=int(top > 0))
+        special = inf if inf is not None else nan_at
+        if top >= special:
+            if nan_equal:
+                tally.nan = int(np.count_nonzero(magnitude == nan_at))
+            else:
+                tally.nan = int(np.count_nonzero(magnitude > nan_at))
+            if inf is not None:
+                tally.inf = int(np.count_nonzero(magnitude == inf))
         out.append((t.name, tally))
     return out, n
 

@@ -1,0 +1,65 @@
+"""`check`, the torch-free release gate, against reading and hashing the same files.
+
+    python benchmarks/check.py            # needs the 6 GB decoder that run.py builds
+    python benchmarks/check.py --reps 5
+
+On the ~6.3 GB 4-shard bf16 decoder of run.py, page cache warm, whole processes in alternated
+pairs: ``check --write-manifest`` against ``sha256sum`` of the same files, and ``check`` (no
+manifest) against ``cat`` of the files to /dev/null (reading them once). Targets: within 1.5x
+of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from run import CACHE, CKPT, OUT, Job, Report, paired, warm  # noqa: E402
+
+
+def suite(report: Report, reps: int) -> None:
+    big = CACHE / "decoder-6gb-bf16"
+    if not big.exists():
+        raise SystemExit("run benchmarks/run.py first: it builds decoder-6gb-bf16")
+    warm(big)
+    files = " ".join(shlex.quote(str(f)) for f in sorted(big.iterdir()) if f.is_file())
+    label = "6GB bf16 4 shards"
+    sha: Job = (f"sha256sum {files} > /dev/null", True)
+    manifest: Job = ([*CKPT, "check", str(big), "--write-manifest", str(OUT / "m.json"), "-q"],
+                     False)  # fmt: skip
+    res = paired({"check --write-manifest": manifest}, sha, reps)
+    report.add(label, "sha256sum of the files", res["reference"])
+    ratio = res["check --write-manifest"].ratio
+    report.add(label, "check --write-manifest", res["check --write-manifest"], f"{ratio:.2f}x")
+    report.target("check --write-manifest within 1.5x of sha256sum", ratio <= 1.5,
+                  f"{ratio:.2f}x")  # fmt: skip
+    cat: Job = (f"cat {files} > /dev/null", True)
+    plain: Job = ([*CKPT, "check", str(big), "-q"], False)
+    res = paired({"check": plain}, cat, reps)
+    report.add(label, "cat of the files", res["reference"])
+    ratio = res["check"].ratio
+    report.add(label, "check", res["check"], f"{ratio:.2f}x")
+    report.target("check within 1.5x of reading the files once (cat)", ratio <= 1.5,
+                  f"{ratio:.2f}x")  # fmt: skip
+    rss = max(max(res["check"].rss), 0)
+    report.target("check peak RSS under 400 MiB", rss < 400, f"{rss:.0f} MiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--reps", type=int, default=3)
+    args = parser.parse_args()
+    CACHE.mkdir(exist_ok=True)
+    report = Report()
+    suite(report, args.reps)
+    print()
+    report.print()
+
+
+if __name__ == "__main__":
+    main()
