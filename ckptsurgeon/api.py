@@ -18,6 +18,7 @@ from .ops.drop import dropped_head_hint
 from .patterns import as_patterns
 from .plan import Plan
 from .recipe import Recipe, Step, plan_recipe
+from .run.card import README, SOURCE_CARD_WARNING, model_card
 from .run.destination import check_destination, is_single_file
 from .run.execute import execute
 from .run.layout import DEFAULT_MAX_SHARD_SIZE, shard_limit
@@ -40,6 +41,7 @@ class RunOptions(TypedDict, total=False):
     revision: str | None
     config_set: dict[str, Any] | Sequence[str] | None
     config_from: PathLike | None
+    card: bool
     progress: Callable[[int, int], None] | None
 
 
@@ -80,6 +82,7 @@ def run(
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     overwrite: bool = False,
     threads: int | None = None,
+    card: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> Result:
     """Plan ``recipe`` over SRC, check DEST (on a dry run too, so that a dry run that passes
@@ -90,6 +93,7 @@ def run(
     ``strip_prefix`` (the verbs' ``--strip-prefix``) reads SRC's names without a wrapper
     prefix, as if they had been saved that way; in recipes the ``rename`` step does this.
     ``config_set`` (``--config-set``) sets config.json keys after the recipe's steps.
+    ``card`` (``--card``) writes DEST/README.md as a model card that says what was done.
     SRC may be a Hugging Face repo id (``org/name[@revision]``, or ``revision=``) that is not a
     local path. DEST may be None for a dry run: the plan alone."""
     if dest is None and not dry_run:
@@ -131,6 +135,12 @@ def run(
         elif ckpt.training:
             side = replace(side, notes=(*side.notes, NO_CONFIG_WARNING))
         plan = replace(plan, side_files=side, warnings=(*plan.warnings, *side.notes))
+        if not card and any(rel == README for rel, _ in side.files):
+            plan = plan.warn(SOURCE_CARD_WARNING)
+    extra = {}
+    if card and not is_single_file(dest):
+        hub_id = None if Path(src).exists() else str(src).split("@", 1)[0]
+        extra[README] = model_card(plan, ckpt.root, hub_id)
     if dry_run:
         return Result(plan, None)
     done = execute(
@@ -142,6 +152,7 @@ def run(
         threads=threads,
         progress=progress,
         inputs=[open_checkpoint(p) for p in plan.inputs],
+        extra_files=extra,
     )
     return Result(plan, done.written, done.notes, done.cloned_bytes)
 

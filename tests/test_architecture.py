@@ -24,7 +24,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "ops": ("ops", "ops.base", "ops.values", "ops.select", "ops.convert", "ops.drop",
             "ops.reinit", "ops.cast", "ops.rename", "ops.layers", "ops.vocab", "ops.config",
             "ops.average", "ops.merge_lora", "recipe"),
-    "run": ("run", "run.layout", "run.writer", "run.destination", "run.execute", "run.merge", "api"),
+    "run": ("run", "run.layout", "run.card", "run.writer", "run.destination", "run.execute", "run.merge", "api"),
     "tools": ("tools", "tools.inspection", "tools.compare", "tools.plot", "tools.verify",
               "tools.check", "tools.check_values", "tools.check_config"),
     "cli": ("cli", "cli.group", "cli.surgery", "cli.reading", "cli.options", "cli.render",

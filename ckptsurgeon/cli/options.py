@@ -96,6 +96,12 @@ def _write_options(f: Any) -> Any:
         help="A model folder or Hub id whose config.json, generation_config.json and tokenizer "
         "files go beside the weights (a training checkpoint has none).",
     )(f)
+    f = click.option(
+        "--card",
+        is_flag=True,
+        help="Write DEST/README.md as a model card that says what was done (the recipe, counts, "
+        "config edits), SRC's card below it.",
+    )(f)
     f = _click_option(CONFIG_SET)(f)
     f = click.option(
         "--overwrite",

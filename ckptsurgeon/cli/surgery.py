@@ -31,6 +31,7 @@ def _verb_command(operation: Operation) -> None:
         revision: str | None,
         config_set: tuple[str, ...],
         config_from: str | None,
+        card: bool,
         **values: Any,
     ) -> None:
         from ..api import verb_recipe
@@ -41,7 +42,7 @@ def _verb_command(operation: Operation) -> None:
         recipe = verb_recipe(operation.name, values, labels=flags)
         _run_and_report(
             recipe, src, dest, operation.name, strip, dry_run, max_shard_size, overwrite,
-            as_json, threads, revision, config_set, config_from,
+            as_json, threads, revision, config_set, config_from, card,
         )  # fmt: skip
 
     details = operation.details
@@ -95,7 +96,7 @@ for _operation in OPERATIONS.values():
 def apply_cmd(
     recipe: str, src: str, dest: str, dry_run: bool, max_shard_size: int, overwrite: bool,
     as_json: bool, threads: int | None, revision: str | None, config_set: tuple[str, ...],
-    config_from: str | None,
+    config_from: str | None, card: bool,
 ) -> None:  # fmt: skip
     """Run the steps of RECIPE (YAML or JSON) over SRC in one streaming pass; write DEST.
 
@@ -108,7 +109,7 @@ def apply_cmd(
 
     _run_and_report(
         Recipe.load(recipe), src, dest, "apply", (), dry_run, max_shard_size, overwrite,
-        as_json, threads, revision, config_set, config_from,
+        as_json, threads, revision, config_set, config_from, card,
     )  # fmt: skip
 
 
@@ -126,6 +127,7 @@ def _run_and_report(
     revision: str | None,
     config_set: Sequence[str] = (),
     config_from: str | None = None,
+    card: bool = False,
 ) -> None:
     """Every writing command: run its recipe with a progress bar, then render the result."""
     from ..api import run
@@ -145,5 +147,6 @@ def _run_and_report(
             revision=revision,
             config_set=list(config_set),
             config_from=config_from,
+            card=card,
         )
     _report(result, as_json, dry_run=dry_run)

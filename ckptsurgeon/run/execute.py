@@ -232,6 +232,7 @@ def execute(
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     inputs: Sequence[Checkpoint] = (),
+    extra_files: dict[str, bytes] | None = None,
 ) -> Executed:
     """Carry out a plan: stream, cast and generate bytes; write, verify and publish.
 
@@ -341,6 +342,9 @@ def execute(
             max_shard_size=max_shard_size,
             overwrite=overwrite,
             side_files=plan.side_files,
-            replace_files={"config.json": config} if config is not None else None,
+            replace_files={
+                **({"config.json": config} if config is not None else {}),
+                **(extra_files or {}),
+            },
         )
     return Executed(written, (*notes, *counter.notes()), cloned)
