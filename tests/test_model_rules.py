@@ -265,9 +265,8 @@ def test_auto_takes_the_family_from_architectures_without_model_type(saved, tmp_
         (src / "config.json").write_text(json.dumps(cfg))
         res = reinit(src, tmp_path / f"{arch}-out", top_layers=1)
         drawn = [t for t in res.plan.tensors if t.action == "reinit"]
-        assert drawn and all(
-            (t.source.__class__.__name__ == "ModelDraw") == expect_model for t in drawn
-        )
+        # the model's rules carry the versions they were read from (streamed or drawn)
+        assert drawn and all(bool(t.source.versions) == expect_model for t in drawn)
         if cls is not None:
             model, info = cls.from_pretrained(
                 str(tmp_path / f"{arch}-out"), output_loading_info=True
@@ -334,3 +333,62 @@ def test_rules_model_refuses_a_tensor_its_init_never_writes(saved, tmp_path):
         code, err, "CLIPModel's own init does not set logit_scale", "pass --rules bert"
     )
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "modernbert", "t5", "clip", "deberta-v2"])
+def test_model_rules_stream_and_a_dry_run_draws_nothing(saved, tmp_path, arch, monkeypatch):
+    """The model's init is run with its calls recorded and not run: the plan names the rule,
+    and the tool's own generators draw it chunk by chunk; torch draws nothing."""
+    from ckptsurgeon.rules.model import ModelInit
+
+    def no_torch_draws(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("torch drew a tensor whose rule has a name")
+
+    monkeypatch.setattr(ModelInit, "values", no_torch_draws)
+    src, _, stack = saved[arch]
+    extra = {"stack": stack} if stack else {}
+    res = reinit(src, tmp_path / "dry", top_layers=1, rules="model", dry_run=True, **extra)
+    drawn = [t for t in res.plan.tensors if t.action == "reinit"]
+    assert drawn and all(t.source.__class__.__name__ == "Generate" for t in drawn)
+    assert all(not t.rule.startswith("model init") for t in drawn)
+    res = reinit(src, tmp_path / "out", top_layers=1, rules="model", seed=4, **extra)
+    again = reinit(src, tmp_path / "again", top_layers=1, rules="model", seed=4, **extra)
+    assert res.written is not None and again.written is not None
+    for f in res.written.files:
+        assert (tmp_path / "out" / f).read_bytes() == (tmp_path / "again" / f).read_bytes()
+
+
+def test_trunc_normal_values_stay_inside_their_bounds(saved, tmp_path):
+    src, _, _ = saved["modernbert"]
+    name = "model.layers.1.attn.Wqkv.weight"
+    res = reinit(src, tmp_path / "o", name, rules="model", seed=1)
+    assert res.plan.tensors[[t.name for t in res.plan.tensors].index(name)].rule == (
+        "trunc_normal(0, 0.02, -0.04, 0.04)"
+    )
+    values = reference_state(tmp_path / "o")[name].double().numpy()
+    assert values.min() >= -0.04 and values.max() <= 0.04
+    # N(0, 0.02) truncated at two deviations has std 0.02 * 0.8796
+    assert abs(values.std() / (0.02 * 0.8796) - 1) < 0.05
+
+
+def test_a_rule_the_calls_cannot_name_is_drawn_by_torch_and_says_so(saved, tmp_path, monkeypatch):
+    import torch
+    import transformers.models.llama.modeling_llama as llama
+
+    original = llama.LlamaPreTrainedModel._init_weights
+
+    def orthogonal(self: Any, module: Any) -> None:
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.orthogonal_(module.weight)
+        else:
+            original(self, module)
+
+    monkeypatch.setattr(llama.LlamaPreTrainedModel, "_init_weights", orthogonal)
+    src, _, _ = saved["llama"]
+    name = "model.layers.1.mlp.down_proj.weight"
+    res = reinit(src, tmp_path / "o", name, rules="model")
+    (t,) = [t for t in res.plan.tensors if t.name == name]
+    assert t.rule == "model init (drawn by torch)"
+    w = reference_state(tmp_path / "o")[name].double()
+    eye = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+    assert torch.allclose(eye, torch.eye(eye.shape[0], dtype=torch.float64), atol=1e-4)

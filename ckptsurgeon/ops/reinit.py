@@ -84,10 +84,13 @@ def plan_reinit(
                 skipped.append(Skipped(t.name, f"{t.dtype} tensor, never re-initialised"))
                 out.append(t)
                 continue
-            label = engine.rule(source.name, t.shape, seed)
             versions = tuple(sorted(engine.versions.items()))
-            draw = ModelDraw(source.name, seed, label, versions)
-            out.append(PlannedTensor(t.name, t.dtype, t.shape, draw))
+            spec = engine.spec(source.name, t.shape, seed)
+            if spec is not None:  # streamed by the tool's own generators, chunk by chunk
+                made: Generate | ModelDraw = Generate(spec, source.name, seed, versions)
+            else:  # a rule the calls do not name: torch draws it, whole
+                made = ModelDraw(source.name, seed, "model init (drawn by torch)", versions)
+            out.append(PlannedTensor(t.name, t.dtype, t.shape, made))
             continue
         try:
             rule = rule_for(source.name, t.dtype, t.shape, plan.config, the_std)

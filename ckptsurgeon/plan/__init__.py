@@ -47,6 +47,7 @@ class Generate:
     rule: Rule
     stream: str
     seed: int
+    versions: tuple[tuple[str, str], ...] = ()  # --rules model: the libraries read for the rule
 
 
 @dataclass(frozen=True)
@@ -329,7 +330,11 @@ class Plan:
             record["tied_aliases_dropped"] = dict(sorted(self.aliases.items()))
         if self.inputs:  # what the release was made from, besides SRC
             record["inputs"] = [dict(r) for r in self.input_records]
-        drawn = [t.source for t in self.tensors if isinstance(t.source, ModelDraw)]
+        drawn = [
+            t.source
+            for t in self.tensors
+            if isinstance(t.source, ModelDraw | Generate) and t.source.versions
+        ]
         if drawn:  # --rules model: the values depend on these versions too
             record["model_rules_versions"] = dict(drawn[0].versions)
         return encode(record)

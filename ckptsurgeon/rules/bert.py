@@ -43,13 +43,23 @@ _LAYERNORM_RE = re.compile(r"layer_?norm", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class Rule:
-    """How to fill one tensor: ``ones``, ``zeros`` or ``normal`` (optionally a zero row)."""
+    """How to fill one tensor: ``ones``, ``zeros`` or ``normal`` (optionally a zero row); the
+    model's own rules (``--rules model``) add ``constant``, ``uniform`` and ``trunc_normal``,
+    a ``mean``, rows set to constants, and the ``label`` the model's calls gave them."""
 
     kind: str
     std: float = 0.0
     zero_row: int | None = None
+    mean: float = 0.0
+    low: float = 0.0  # uniform and trunc_normal bounds
+    high: float = 0.0
+    value: float = 0.0  # constant
+    rows: tuple[tuple[int, float], ...] = ()  # rows set to a constant after the draw
+    label: str = ""
 
     def describe(self) -> str:
+        if self.label:
+            return self.label
         if self.kind == "normal":
             text = f"normal(0, {self.std:g})"
             if self.zero_row is not None:
@@ -187,6 +197,45 @@ def _chunk_values(seed: int, words: list[int], k: int, n: int, std: float) -> An
     return values
 
 
+def _values(rule: Rule, seed: int, words: list[int], k: int, n: int) -> Any:
+    """Chunk ``k`` of a tensor's values under ``rule``, float32."""
+    import numpy as np
+
+    if rule.kind in ("ones", "zeros", "constant"):
+        fill = {"ones": 1.0, "zeros": 0.0}.get(rule.kind, rule.value)
+        return np.full(n, np.float32(fill), dtype=np.float32)
+    if rule.kind == "uniform":
+        bits = np.random.SFC64(np.random.SeedSequence([seed, *words, k, 1]))
+        raw = bits.random_raw(-(-n // 2)).view(np.uint32)[:n] >> np.uint32(8)
+        values = raw.astype(np.float32) * np.float32(1.0 / (1 << 24))
+        values *= np.float32(rule.high - rule.low)
+        values += np.float32(rule.low)
+        return values
+    values = _chunk_values(seed, words, k, n, rule.std)
+    if rule.mean:
+        values += np.float32(rule.mean)
+    if rule.kind == "trunc_normal":
+        _redraw_outside(values, rule, seed, words, k)
+    return values
+
+
+def _redraw_outside(values: Any, rule: Rule, seed: int, words: list[int], k: int) -> None:
+    """Truncate by rejection: values outside [low, high] are drawn again from the chunk's own
+    further streams (a bounded number of rounds, then clipped: with bounds two deviations out,
+    5% are redrawn once and none survives eight rounds)."""
+    import numpy as np
+
+    for attempt in range(2, 34):
+        outside = np.flatnonzero((values < rule.low) | (values > rule.high))
+        if outside.size == 0:
+            return
+        more = _chunk_values(seed, [*words, attempt], k, outside.size, rule.std)
+        if rule.mean:
+            more += np.float32(rule.mean)
+        values[outside] = more
+    np.clip(values, rule.low, rule.high, out=values)
+
+
 def generate(
     name: str,
     dtype: str,
@@ -200,30 +249,24 @@ def generate(
     Memory stays at a few chunks whatever the tensor size; ``threads`` draws chunks in parallel
     without changing a single value.
     """
-    import numpy as np
 
     numel = numel_of(shape)
     if numel == 0:
         return
-    if rule.kind in ("ones", "zeros"):
-        fill = np.float32(1.0 if rule.kind == "ones" else 0.0)
-        for start in range(0, numel, CHUNK_ELEMS):
-            n = min(CHUNK_ELEMS, numel - start)
-            yield from_float32(np.full(n, fill, dtype=np.float32), dtype)
-        return
     words = _name_words(name)
     row = numel // shape[0] if shape and shape[0] else 0
-    zero = (rule.zero_row * row, (rule.zero_row + 1) * row) if rule.zero_row is not None else None
+    rows = list(rule.rows) + ([(rule.zero_row, 0.0)] if rule.zero_row is not None else [])
+    spans = [(r * row, (r + 1) * row, v) for r, v in rows]
     n_chunks = -(-numel // CHUNK_ELEMS)
 
     def make(k: int) -> bytes | memoryview:
         start = k * CHUNK_ELEMS
         n = min(CHUNK_ELEMS, numel - start)
-        values = _chunk_values(seed, words, k, n, rule.std)
-        if zero is not None:
-            lo, hi = max(zero[0], start), min(zero[1], start + n)
+        values = _values(rule, seed, words, k, n)
+        for lo, hi, v in spans:
+            lo, hi = max(lo, start), min(hi, start + n)
             if lo < hi:
-                values[lo - start : hi - start] = 0.0
+                values[lo - start : hi - start] = v
         return from_float32(values, dtype)
 
     yield from ordered_map(make, range(n_chunks), threads if n_chunks > 1 else 1)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InitRuleError, SelectionError, first_line
+from .bert import Rule
 from .recorder import RuleRecorder
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -180,17 +181,37 @@ class ModelInit:
         )
 
     def values(self, name: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
-        """Float32 values of tensor ``name`` as the model's own init makes them (the executor)."""
-        return self._draw(name, shape, seed, record=False)[0]
+        """Float32 values of tensor ``name`` drawn by the model's own init with torch (the
+        executor, for rules :meth:`spec` cannot name)."""
+        values = self._draw(name, shape, seed, record=False)[0]
+        assert values is not None
+        return values
 
-    def rule(self, name: str, shape: tuple[int, ...], seed: int) -> str:
-        """The rule the model's own init applies to ``name`` (``normal(0, 0.02)``...), for the
-        plan: drawn once with its init calls recorded (:mod:`.recorder`)."""
-        return self._draw(name, shape, seed, record=True)[1]
+    def spec(self, name: str, shape: tuple[int, ...], seed: int) -> Rule | None:
+        """The rule the model's own init applies to ``name``, as a rule the tool's streaming
+        generators draw (``normal(0, 0.00707)``, ``trunc_normal(...)``, ``ones``...): its init
+        runs with the calls that write the tensor recorded and not run, so nothing is drawn
+        and no memory is touched. None when the calls cannot be named (xavier, orthogonal,
+        arithmetic on values): then the tensor is drawn by torch (:meth:`values`)."""
+        found = self._draw(name, shape, seed, record=True)[1]
+        if found is None:
+            return None
+        kind, args, rows, label = found
+        if kind == "normal":
+            return Rule("normal", std=abs(args[1]), mean=args[0], rows=rows, label=label)
+        if kind == "trunc_normal":
+            mean, std, low, high = args
+            return Rule("trunc_normal", std=std, mean=mean, low=low, high=high, rows=rows,
+                        label=label)  # fmt: skip
+        if kind == "uniform":
+            return Rule("uniform", low=args[0], high=args[1], rows=rows, label=label)
+        if kind == "constant":
+            return Rule("constant", value=args[0], rows=rows, label=label)
+        return None  # pragma: no cover - the recorder names no other kind
 
     def _draw(
         self, name: str, shape: tuple[int, ...], seed: int, *, record: bool
-    ) -> tuple[np.ndarray, str]:
+    ) -> tuple[np.ndarray | None, Any]:
         import contextlib
 
         import torch
@@ -214,18 +235,18 @@ class ModelInit:
             torch.manual_seed(_seed(seed, name))
             parts = full.split(".")[:-1]
             chain = [".".join(parts[:i]) for i in range(len(parts), -1, -1)]
-            recorder = RuleRecorder(real) if record else None
+            recorder = RuleRecorder(real, dry=True) if record else None
             with torch.no_grad(), recorder or contextlib.nullcontext():
                 for path in chain:  # the owner first, then each ancestor, the model last
                     self.model._init_weights(self.model.get_submodule(path))
-            out = getattr(owner, leaf).detach().float().numpy().copy()
+            out = None if record else getattr(owner, leaf).detach().float().numpy().copy()
         finally:
             if is_param:
                 owner._parameters[leaf] = current
             else:
                 owner._buffers[leaf] = current
         if recorder is None:
-            return out, ""
+            return out, None
         if not recorder.events and not recorder.unknown:
             raise InitRuleError(
                 f"{self.class_name}'s own init does not set {name} (its value is fixed when the "
@@ -233,7 +254,7 @@ class ModelInit:
                 name,
                 "leave it out of the selection (-x), or pass --rules bert",
             )
-        return out, recorder.rule(out)
+        return None, recorder.spec()
 
 
 def _seed(seed: int, name: str) -> int:

@@ -1,19 +1,16 @@
 """What the model's own init does to one tensor, named as a rule (``--rules model``'s labels).
 
 :class:`RuleRecorder` watches the init functions and in-place tensor methods that write the
-tensor and names the rule they amount to (``normal(0, 0.02)``, ``trunc_normal(...)``, ``ones``);
-:func:`describe` reads a rule off the values where the calls cannot name one.
+tensor and names the rule they amount to (``normal(0, 0.02)``, ``trunc_normal(...)``, ``ones``).
+In dry mode the calls are recorded and not run: the rule is found without drawing a value, and
+the tool's own generators stream it. Where the calls cannot name a rule, torch draws it.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
-
+from typing import Any
 
 # The init functions whose calls name a rule, in torch.nn.init and transformers.initialization
 _INIT_FUNCTIONS = (
@@ -49,8 +46,11 @@ class RuleRecorder:
     ``TorchFunctionMode``. What cannot be named (an op it does not know) leaves the rule to
     :func:`describe`, which reads it off the values."""
 
-    def __init__(self, target: Any) -> None:
+    def __init__(self, target: Any, dry: bool = False) -> None:
         self.target = target
+        # dry: the init calls that write the target are recorded and not run, so nothing is
+        # drawn and the target's pages are never touched (a 262 MB lm_head costs nothing)
+        self.dry = dry
         self.events: list[tuple[str, tuple[float, ...], int | None]] = []  # kind, args, row
         self.unknown = False
         self.depth = 0
@@ -82,7 +82,9 @@ class RuleRecorder:
             ) -> Any:
                 kwargs = kwargs or {}
                 if recorder.depth == 0:
-                    recorder._method(getattr(func, "__name__", ""), args, kwargs)
+                    name = getattr(func, "__name__", "")
+                    if recorder._method(name, args, kwargs) and recorder.dry:
+                        return args[0]  # recorded, not run
                 return func(*args, **kwargs)
 
         self.mode = Mode()
@@ -121,7 +123,8 @@ class RuleRecorder:
                 try:
                     bound = signature.bind(*args, **kwargs)
                     bound.apply_defaults()
-                    self._function(fname, dict(bound.arguments))
+                    if self._function(fname, dict(bound.arguments)) and self.dry:
+                        return bound.arguments.get("tensor")  # recorded, not run
                 except TypeError:
                     self.unknown = True
             self.depth += 1
@@ -132,10 +135,11 @@ class RuleRecorder:
 
         return wrapper
 
-    def _function(self, fname: str, arguments: dict[str, Any]) -> None:
+    def _function(self, fname: str, arguments: dict[str, Any]) -> bool:
+        """Record an init function's call; True when it writes the target."""
         where = self._where(arguments.get("tensor"))
         if where is None:
-            return
+            return False
         whole, row = where
         if fname in ("normal_", "uniform_"):
             names = ("mean", "std") if fname == "normal_" else ("a", "b")
@@ -148,13 +152,15 @@ class RuleRecorder:
             self._event("constant", (float(value),), whole, row)  # type: ignore[arg-type]
         else:  # xavier, kaiming, orthogonal, eye: named by the values instead
             self.unknown = True
+        return True
 
-    def _method(self, name: str, args: Any, kwargs: dict[str, Any]) -> None:
+    def _method(self, name: str, args: Any, kwargs: dict[str, Any]) -> bool:
+        """Record an in-place tensor method's call; True when it writes the target."""
         if not name.endswith("_") or name.startswith("__") or not args:
-            return  # not an in-place method: it writes nothing into the target
+            return False  # not an in-place method: it writes nothing into the target
         where = self._where(args[0])
         if where is None:
-            return
+            return False
         whole, row = where
         rest = list(args[1:])
         if name == "normal_":
@@ -175,20 +181,26 @@ class RuleRecorder:
             self._event("scale", (float(rest[0]) if name == "mul_" else 1 / rest[0],), whole, row)
         else:
             self.unknown = True
+        return True
 
     def _event(self, kind: str, values: tuple[float, ...], whole: bool, row: int | None) -> None:
         if not whole and (row is None or kind != "constant"):
             self.unknown = True
         self.events.append((kind, values, None if whole else row))
 
-    def rule(self, values: np.ndarray) -> str:
-        """The rule's name, checked against the values it produced (else read off them)."""
-        named = None if self.unknown else self._name()
-        if named is None or not _consistent(named[0], named[1], values):
-            return describe(values)
-        return named[2]
+    def spec(self) -> tuple[str, tuple[float, ...], tuple[tuple[int, float], ...], str] | None:
+        """The rule as data (kind, arguments, constant rows, its name), or None when the calls
+        cannot be named (then the values must be drawn by torch)."""
+        if self.unknown:
+            return None
+        named = self._name()
+        if named is None:
+            return None
+        return named[0], named[1], named[3], named[2]
 
-    def _name(self) -> tuple[str, tuple[float, ...], str] | None:
+    def _name(
+        self,
+    ) -> tuple[str, tuple[float, ...], str, tuple[tuple[int, float], ...]] | None:
         kind: str = ""
         args: tuple[float, ...] = ()
         rows: dict[int, float] = {}
@@ -211,42 +223,4 @@ class RuleRecorder:
             text = f"{kind}(" + ", ".join(f"{x:.3g}" for x in args) + ")"
         for row, v in sorted(rows.items()):
             text += f", row {row} " + ("zeroed" if v == 0 else f"set to {v:g}")
-        return kind, args, text
-
-
-def _consistent(kind: str, args: tuple[float, ...], values: np.ndarray) -> bool:
-    """A sanity check of a named rule against what it drew (a wrong name is worse than none)."""
-    import numpy as np
-
-    flat = values.reshape(-1)
-    if flat.size == 0:
-        return True
-    if kind == "constant":
-        return True  # rows set apart from the constant are named in the text
-    if kind == "uniform":
-        return bool(np.all((flat >= args[0]) & (flat <= args[1])))
-    if kind == "trunc_normal":
-        return bool(np.all((flat >= args[2]) & (flat <= args[3])))
-    return kind == "normal" and (args[1] > 0 or bool(np.all(flat == args[0])))
-
-
-def describe(values: np.ndarray) -> str:
-    """What a rule produced, for --dry-run: ones, zeros, a constant, or the distribution."""
-    import numpy as np
-
-    flat = values.reshape(-1)
-    if flat.size == 0:
-        return "empty"
-    if np.all(flat == flat[0]):
-        v = float(flat[0])
-        return "ones" if v == 1 else "zeros" if v == 0 else f"constant({v:g})"
-    text = f"{float(flat.mean()):.2g}, {float(flat.std()):.3g}"
-    zero_rows = (
-        [i for i in range(values.shape[0]) if not values[i].any()] if values.ndim == 2 else []
-    )
-    bound = float(np.abs(flat).max())
-    kind = "trunc_normal" if bound <= 3.05 * float(flat.std()) and flat.size >= 1000 else "normal"
-    text = f"{kind}({text}" + (f", |x|<={bound:.3g})" if kind == "trunc_normal" else ")")
-    if zero_rows and len(zero_rows) <= 3:
-        text += ", row " + ",".join(map(str, zero_rows)) + " zeroed"
-    return "model init: " + text
+        return kind, args, text, tuple(sorted(rows.items()))
