@@ -678,6 +678,10 @@ def suites(args: argparse.Namespace, report: Report) -> None:
         )
 
     if not args.skip_6gb:
+        # --rules model on a TinyLlama-shaped 5 GB checkpoint (model_rules.py)
+        from model_rules import suite as model_rules_suite
+
+        model_rules_suite(report, args.reps)
         # check, the torch-free gate, against sha256sum and cat of the same files (check.py)
         from check import suite as check_suite
 
