@@ -58,7 +58,7 @@ def suite(report: Report, reps: int) -> None:
             *top8[1:],
             "--rules",
             "bert",
-        ]  # fmt: skip
+        ]
     )
     reference: Job = (f"{bert_cmd} && {shlex.quote(PY)} -c {shlex.quote(IMPORT)}", True)
     res = paired({"model": model}, reference, reps)
