@@ -11,7 +11,6 @@ of each.
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import CACHE, CKPT, OUT, Job, Report, paired, warm  # noqa: E402
+from run import CACHE, CKPT, OUT, Job, Report, paired, suite_main, warm  # noqa: E402
 
 
 def suite(report: Report, reps: int) -> None:
@@ -50,16 +49,5 @@ def suite(report: Report, reps: int) -> None:
     report.target("check peak RSS under 400 MiB", rss < 400, f"{rss:.0f} MiB")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--reps", type=int, default=3)
-    args = parser.parse_args()
-    CACHE.mkdir(exist_ok=True)
-    report = Report()
-    suite(report, args.reps)
-    print()
-    report.print()
-
-
 if __name__ == "__main__":
-    main()
+    suite_main(suite, __doc__)

@@ -17,7 +17,6 @@ Needs root, xfsprogs and a loop device; about 20 GB of free disk for the sparse 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shlex
@@ -31,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import run  # noqa: E402
-from run import CACHE, CKPT, Job, Report, paired, warm  # noqa: E402
+from run import CACHE, CKPT, Job, Report, paired, suite_main, warm  # noqa: E402
 
 IMAGE = CACHE / "xfs.img"
 MOUNT = CACHE / "xfs-mnt"
@@ -115,16 +114,5 @@ def suite(report: Report, reps: int) -> None:
             run.OUT = saved_out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--reps", type=int, default=3)
-    args = parser.parse_args()
-    CACHE.mkdir(exist_ok=True)
-    report = Report()
-    suite(report, args.reps)
-    print()
-    report.print()
-
-
 if __name__ == "__main__":
-    main()
+    suite_main(suite, __doc__)

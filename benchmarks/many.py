@@ -19,7 +19,6 @@ Needs peft (the test extra) and about 30 GB of free disk.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import subprocess
@@ -40,6 +39,7 @@ from run import (  # noqa: E402
     build,
     decoder_specs,
     paired,
+    suite_main,
     warm,
 )
 
@@ -150,16 +150,5 @@ def suite(report: Report, reps: int) -> None:
     report.add("6GB bf16 + r16 LoRA", label, bench({label: theirs}, 1)[label])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--reps", type=int, default=3)
-    args = parser.parse_args()
-    CACHE.mkdir(exist_ok=True)
-    report = Report()
-    suite(report, args.reps)
-    print()
-    report.print()
-
-
 if __name__ == "__main__":
-    main()
+    suite_main(suite, __doc__)

@@ -16,7 +16,6 @@ untied lm_head; attention without grouped keys, so ~5.0 GB), page cache warm, wh
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 from pathlib import Path
@@ -24,7 +23,20 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import CACHE, CKPT, OUT, PY, Job, Report, bench, build, decoder_specs, paired, warm  # noqa: E402
+from run import (  # noqa: E402
+    CACHE,
+    CKPT,
+    OUT,
+    PY,
+    Job,
+    Report,
+    bench,
+    build,
+    decoder_specs,
+    paired,
+    suite_main,
+    warm,
+)
 
 TINYLLAMA = {
     "architectures": ["LlamaForCausalLM"],
@@ -84,16 +96,5 @@ def suite(report: Report, reps: int) -> None:
                   f"{rss:.0f} MiB")  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--reps", type=int, default=3)
-    args = parser.parse_args()
-    CACHE.mkdir(exist_ok=True)
-    report = Report()
-    suite(report, args.reps)
-    print()
-    report.print()
-
-
 if __name__ == "__main__":
-    main()
+    suite_main(suite, __doc__)

@@ -44,7 +44,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -320,6 +320,18 @@ class Report:
         print()
         for what, ok, detail in self.targets:
             print(f"{'PASS' if ok else 'MISS'}  {what}: {detail}")
+
+
+def suite_main(suite: Callable[[Report, int], None], doc: str | None) -> None:
+    """The command line of one suite module (``python benchmarks/many.py --reps 5``)."""
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--reps", type=int, default=3)
+    args = parser.parse_args()
+    CACHE.mkdir(exist_ok=True)
+    report = Report()
+    suite(report, args.reps)
+    print()
+    report.print()
 
 
 def cp_sync(src: Path) -> Job:

@@ -20,7 +20,6 @@ Needs deepspeed and lightning (the test extra) and about 20 GB of free disk.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import subprocess
@@ -30,7 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import CACHE, CKPT, OUT, PY, Job, Report, bench, paired, warm  # noqa: E402
+from run import CACHE, CKPT, OUT, PY, Job, Report, bench, paired, suite_main, warm  # noqa: E402
 
 ROOT = CACHE / "training"
 LAYERS, WIDTH, VOCAB = 24, 4096, 32000
@@ -119,16 +118,6 @@ save_file({k: v.contiguous() for k, v in sd.items()}, sys.argv[2])
 """
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--reps", type=int, default=3)
-    args = parser.parse_args()
-    report = Report()
-    suite(report, args.reps)
-    print()
-    report.print()
-
-
 def suite(report: Report, reps: int) -> None:
     """Build (once) and time; rows and targets go to ``report`` (run.py calls this too)."""
     build()
@@ -168,4 +157,4 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         _worker(sys.argv[2], sys.argv[3])
     else:
-        main()
+        suite_main(suite, __doc__)

@@ -172,11 +172,7 @@ class SafetensorsReader(TensorReader):
             except OSError as exc:
                 raise read_error(exc, info.file) from exc
             if not data:
-                raise CorruptCheckpointError(
-                    "file ended early while reading tensor " + repr(info.name),
-                    info.file,
-                    "the file was truncated; re-download or re-export it",
-                )
+                raise _ended_early(info, "reading")
             pos += len(data)
             yield data  # bytes: compares with memcmp, decodes with np.frombuffer
 
@@ -191,11 +187,7 @@ class SafetensorsReader(TensorReader):
             except OSError as exc:
                 raise read_error(exc, info.file) from exc
             if n == 0:
-                raise CorruptCheckpointError(
-                    "file ended early while reading tensor " + repr(info.name),
-                    info.file,
-                    "the file was truncated; re-download or re-export it",
-                )
+                raise _ended_early(info, "reading")
             done += n
         return None
 
@@ -301,14 +293,18 @@ class SafetensorsReader(TensorReader):
                     write_all(fd, chunk)
                 return None
             if n == 0:
-                raise CorruptCheckpointError(
-                    "file ended early while copying tensor " + repr(info.name),
-                    info.file,
-                    "the file was truncated; re-download or re-export it",
-                )
+                raise _ended_early(info, "copying")
             pos += n
             remaining -= n
         return None
+
+
+def _ended_early(info: TensorInfo, doing: str) -> CorruptCheckpointError:
+    return CorruptCheckpointError(
+        f"file ended early while {doing} tensor {info.name!r}",
+        info.file,
+        "the file was truncated; re-download or re-export it",
+    )
 
 
 def _span(info: TensorInfo, offset: int, nbytes: int) -> TensorInfo:
