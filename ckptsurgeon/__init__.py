@@ -34,6 +34,7 @@ _LAZY = {
     "DiffResult": "tools.compare",
     "diff": "tools.compare",
     "Result": "api",
+    "add_tokens": "api",
     "apply": "api",
     "cast": "api",
     "config": "api",
@@ -65,6 +66,7 @@ if _typing.TYPE_CHECKING:  # pragma: no cover
 
     from .api import (
         Result,
+        add_tokens,
         apply,
         average,
         cast,
@@ -127,6 +129,7 @@ __all__ = [
     "VerificationError",
     "WriteError",
     "__version__",
+    "add_tokens",
     "apply",
     "average",
     "cast",

@@ -382,6 +382,35 @@ def resize_vocab(
     return _verb("resize-vocab", src, dest, options, **run_options)
 
 
+def add_tokens(
+    src: PathLike,
+    dest: PathLike | None = None,
+    tokens: str | Sequence[str] = (),
+    *,
+    tokens_file: PathLike | None = None,
+    special: bool = False,
+    init: str = "pieces",
+    pad_to_multiple_of: int | None = None,
+    seed: int = 0,
+    **run_options: Unpack[RunOptions],
+) -> Result:
+    """Add tokens to SRC's tokenizer (as ``add_tokens`` + ``save_pretrained``) and grow the
+    embeddings, an untied head and its bias to match; a new row is the mean of the rows of the
+    token's pieces (``init="pieces"``), of all rows (``"mean"``), or N(0, initializer_range).
+
+    >>> add_tokens("bert/", "bert-chem/", ["[ION]", "benzene"])  # doctest: +SKIP
+    """
+    options = {
+        "tokens": [tokens] if isinstance(tokens, str) else list(tokens),
+        "tokens_file": None if tokens_file is None else str(tokens_file),
+        "special": special,
+        "init": init,
+        "pad_to_multiple_of": pad_to_multiple_of,
+        "seed": seed,
+    }
+    return _verb("add-tokens", src, dest, options, **run_options)
+
+
 def config(
     src: PathLike,
     dest: PathLike | None = None,

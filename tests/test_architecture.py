@@ -23,7 +23,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "plan": ("plan", "plan.selection"),
     "ops": ("ops", "ops.base", "ops.values", "ops.select", "ops.convert", "ops.drop",
             "ops.reinit", "ops.cast", "ops.rename", "ops.layers", "ops.vocab", "ops.config",
-            "ops.average", "ops.merge_lora", "recipe"),
+            "ops.average", "ops.merge_lora", "ops.add_tokens", "recipe"),
     "run": ("run", "run.layout", "run.card", "run.writer", "run.destination", "run.execute", "run.merge", "api"),
     "tools": ("tools", "tools.inspection", "tools.compare", "tools.plot", "tools.verify",
               "tools.check", "tools.check_values", "tools.check_config"),

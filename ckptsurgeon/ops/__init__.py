@@ -6,6 +6,7 @@ built from the same definition.
 
 from __future__ import annotations
 
+from .add_tokens import ADD_TOKENS
 from .average import AVERAGE
 from .base import Operation, Option
 from .cast import CAST
@@ -28,6 +29,7 @@ OPERATIONS: dict[str, Operation] = {
         RENAME,
         LAYERS,
         RESIZE_VOCAB,
+        ADD_TOKENS,
         CONFIG,
         AVERAGE,
         MERGE_LORA,

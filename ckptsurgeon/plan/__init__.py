@@ -73,11 +73,16 @@ class Rows:
     rule: Rule | None = None
     stream: str = ""
     seed: int = 0
+    # fill "pieces": new row i is the mean of the source rows pieces[i] (add-tokens: the ids
+    # the old tokenizer split the token into); rows past them get the mean of all rows
+    pieces: tuple[tuple[int, ...], ...] = ()
 
     def describe(self) -> str:
         text = f"rows 0-{self.keep - 1} of {self.tensor}"
         if self.new:
             what = self.rule.describe() if self.rule is not None else self.fill
+            if self.fill == "pieces":
+                what = f"mean of each token's pieces' rows, {self.new - len(self.pieces)} mean"
             text += f" + {self.new} new rows ({what})"
         return text
 
@@ -252,6 +257,8 @@ class Plan:
     # description of each (size and modification time of its files) for the record
     inputs: tuple[str, ...] = ()
     input_records: tuple[dict[str, Any], ...] = ()
+    # files the plan writes beside the weights, replacing SRC's (add-tokens: the tokenizer)
+    files: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
     side_files: SideFiles | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -364,6 +371,7 @@ class Plan:
             "skipped": [s.to_json() for s in self.skipped],
             "tied_aliases": dict(self.aliases),
             "config_edits": [e.to_json() for e in self.config_edits],
+            "files_written": [name for name, _ in self.files],
             "warnings": list(self.warnings),
         }
 

@@ -184,21 +184,55 @@ def _rows(
         shape = (spec.new, *info.shape[1:])
         yield from generate(spec.stream, p.native, shape, spec.rule, spec.seed, threads)
         return
+    if spec.fill == "pieces":
+        yield from _piece_rows(p, spec, info, reader)
+        return
     if spec.fill == "mean":
-        sums = np.zeros(row_elems, dtype=np.float64)
-        carry = np.zeros(0, dtype=np.float64)
-        for chunk in reader.chunks(info, CHUNK_BYTES):
-            values = np.concatenate([carry, to_float(chunk, info.dtype)])
-            whole = values.size - values.size % max(row_elems, 1)
-            sums += values[:whole].reshape(-1, row_elems).sum(axis=0)
-            carry = values[whole:]
-        row = (sums / max(rows, 1)).astype(np.float32)
+        row = _mean_row(info, reader).astype(np.float32)
     else:
         row = np.zeros(row_elems, dtype=np.float32)
     per_chunk = max(1, (CHUNK_BYTES // max(row_bytes, 1)))
     for start in range(0, spec.new, per_chunk):
         n = min(per_chunk, spec.new - start)
         yield from_float32(np.tile(row, n), p.native)
+
+
+def _mean_row(info: TensorInfo, reader: TensorReader) -> Any:
+    """The mean of every row of a tensor, float64 (one streaming pass, memory one row)."""
+    import numpy as np
+
+    row_elems = numel_of(info.shape[1:])
+    sums = np.zeros(row_elems, dtype=np.float64)
+    carry = np.zeros(0, dtype=np.float64)
+    for chunk in reader.chunks(info, CHUNK_BYTES):
+        values = np.concatenate([carry, to_float(chunk, info.dtype)])
+        whole = values.size - values.size % max(row_elems, 1)
+        sums += values[:whole].reshape(-1, row_elems).sum(axis=0)
+        carry = values[whole:]
+    return sums / max(info.shape[0], 1)
+
+
+def _piece_rows(
+    p: PlannedTensor, spec: Rows, info: TensorInfo, reader: TensorReader
+) -> Iterator[bytes | memoryview]:
+    """New rows as the float64 mean of the rows each new token's pieces have (add-tokens),
+    rounded once; rows past them (padding) the mean of all rows."""
+    import numpy as np
+
+    row_bytes = info.nbytes // info.shape[0]
+    mean_all = _mean_row(info, reader) if spec.new > len(spec.pieces) else None
+    for i in range(spec.new):
+        ids = spec.pieces[i] if i < len(spec.pieces) else ()
+        if ids:
+            total = np.zeros(numel_of(info.shape[1:]), dtype=np.float64)
+            for r in ids:
+                buf = bytearray(row_bytes)
+                reader.read_into(info, memoryview(buf), r * row_bytes)
+                total += to_float(bytes(buf), info.dtype)
+            row = total / len(ids)
+        else:
+            row = mean_all if mean_all is not None else _mean_row(info, reader)
+        yield from_float32(row.astype(np.float32), p.native)
 
 
 def _model_values(
@@ -343,6 +377,7 @@ def execute(
             overwrite=overwrite,
             side_files=plan.side_files,
             replace_files={
+                **dict(plan.files),
                 **({"config.json": config} if config is not None else {}),
                 **(extra_files or {}),
             },

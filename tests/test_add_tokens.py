@@ -1,0 +1,251 @@
+"""``add-tokens``: the tokenizer as transformers' add_tokens + save_pretrained writes it, the
+weights grown as resize_token_embeddings grows them, each new row the mean of its pieces."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from conftest import REAL
+
+import ckptsurgeon
+from ckptsurgeon.cli import main
+
+WORDS = (
+    ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    + list("abcdefghijklmnopqrstuvwxyz[]")
+    + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"]
+    + ["the", "chem", "##ical", "ben", "##zene", "ion"]
+)
+TEXTS = ["the chemical benzene", "an ion in the chem lab", "benzene [ion] chem"]
+
+
+def cli(*args: object) -> Any:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT with a WordPiece tokenizer (tokenizer.json and vocab.txt)."""
+    import torch
+    import transformers as tf
+
+    root = tmp_path_factory.mktemp("bert")
+    (root / "vocab.txt").write_text("\n".join(WORDS) + "\n")
+    tok = tf.BertTokenizer(str(root / "vocab.txt"))
+    torch.manual_seed(0)
+    cfg = tf.BertConfig(vocab_size=len(WORDS), hidden_size=16, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=24, max_position_embeddings=32)  # fmt: skip
+    model = tf.BertForMaskedLM(cfg)
+    with torch.no_grad():
+        model.cls.predictions.bias.normal_()  # a bias worth carrying over
+    src = root / "src"
+    model.save_pretrained(src)
+    tok.save_pretrained(src)
+    return src
+
+
+def reference(src: Path, out: Path, tokens: list[str], special: bool = False) -> Any:
+    """What transformers writes: add_tokens + save_pretrained."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(src))
+    tok.add_tokens(tokens, special_tokens=special)
+    tok.save_pretrained(str(out))
+    return tok
+
+
+def weights(folder: Path) -> dict[str, Any]:
+    from conftest import reference_state
+
+    from ckptsurgeon.formats.checkpoint import open_checkpoint
+
+    assert open_checkpoint(folder)
+    return reference_state(folder)
+
+
+def test_tokenizer_files_ids_and_rows_are_transformers(bert, tmp_path):
+    import torch
+    from transformers import AutoTokenizer
+
+    tokens = ["benzene", "[ION]", "chem", "benzene"]  # chem is known; benzene twice
+    flags = [x for t in tokens for x in ("--token", t)]
+    r = cli("add-tokens", bert, tmp_path / "out", *flags)
+    assert r.exit_code == 0, r.output
+    assert "'chem' is already in the vocabulary: skipped" in r.output
+    ref = reference(bert, tmp_path / "ref", tokens)
+    for f in sorted((tmp_path / "ref").iterdir()):
+        assert (tmp_path / "out" / f.name).read_bytes() == f.read_bytes(), f.name
+    got = AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+    old = AutoTokenizer.from_pretrained(str(bert))
+    assert len(got) == len(ref) == len(WORDS) + 2
+    assert got.convert_tokens_to_ids(["benzene", "[ION]"]) == [len(WORDS), len(WORDS) + 1]
+    for text in TEXTS:
+        assert got(text)["input_ids"] == ref(text)["input_ids"]
+    # rows: the old ones unchanged; each new one the mean of its pieces' rows, rounded once
+    before, after = weights(bert), weights(tmp_path / "out")
+    emb = "bert.embeddings.word_embeddings.weight"
+    assert after[emb].shape[0] == len(WORDS) + 2
+    assert torch.equal(after[emb][: len(WORDS)], before[emb])
+    for token, row in (("benzene", len(WORDS)), ("[ION]", len(WORDS) + 1)):
+        ids = old(token, add_special_tokens=False)["input_ids"]
+        want = before[emb].double()[ids].mean(0).float()
+        assert torch.equal(after[emb][row], want), token
+        bias = before["cls.predictions.bias"].double()[ids].mean().float()
+        assert torch.equal(after["cls.predictions.bias"][row], bias), token
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["vocab_size"] == len(WORDS) + 2
+
+
+@pytest.mark.roundtrip
+def test_the_model_loads_and_old_logits_are_unchanged(bert, tmp_path):
+    import torch
+    import transformers as tf
+
+    assert cli("add-tokens", bert, tmp_path / "out", "--token", "benzene").exit_code == 0
+    a = tf.BertForMaskedLM.from_pretrained(str(bert)).eval()
+    b, info = tf.BertForMaskedLM.from_pretrained(str(tmp_path / "out"), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert b.config.vocab_size == len(WORDS) + 1
+    ids = torch.tensor([[2, 31, 32, 3]])
+    with torch.no_grad():
+        la, lb = a(ids).logits, b.eval()(ids).logits
+    assert torch.equal(la, lb[..., : len(WORDS)])
+
+
+def test_pad_to_multiple_of_and_the_other_inits(bert, tmp_path):
+    import torch
+
+    r = cli("add-tokens", bert, tmp_path / "p", "--token", "benzene", "--pad-to-multiple-of", "8")
+    assert r.exit_code == 0, r.output
+    before, after = weights(bert), weights(tmp_path / "p")
+    emb = "bert.embeddings.word_embeddings.weight"
+    rows = -(-(len(WORDS) + 1) // 8) * 8
+    assert after[emb].shape[0] == rows
+    mean = before[emb].double().mean(0).float()
+    for row in range(len(WORDS) + 1, rows):  # padding rows: the mean of all rows
+        assert torch.equal(after[emb][row], mean)
+    assert cli("add-tokens", bert, tmp_path / "m", "--token", "x1", "--init", "mean").exit_code == 0
+    assert torch.equal(weights(tmp_path / "m")[emb][len(WORDS)], mean)
+    assert weights(tmp_path / "m")["cls.predictions.bias"][len(WORDS)] == 0
+    r = cli("add-tokens", bert, tmp_path / "n", "--token", "x1", "--init", "normal", "--seed", "3")
+    assert r.exit_code == 0, r.output
+
+
+def test_special_tokens_a_tokens_file_the_api_and_a_recipe(bert, tmp_path):
+    from transformers import AutoTokenizer
+
+    listed = tmp_path / "tokens.txt"
+    listed.write_text("<mol>\n\n</mol>\n")
+    r = cli("add-tokens", bert, tmp_path / "s", "--tokens-file", listed, "--special")
+    assert r.exit_code == 0, r.output
+    reference(bert, tmp_path / "ref", ["<mol>", "</mol>"], special=True)
+    for f in sorted((tmp_path / "ref").iterdir()):
+        assert (tmp_path / "s" / f.name).read_bytes() == f.read_bytes(), f.name
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "s"))
+    assert tok.decode(tok("<mol>")["input_ids"], skip_special_tokens=True) == ""
+    res = ckptsurgeon.add_tokens(bert, tmp_path / "api", ["benzene"])
+    assert res.plan.config_edits[0].new == len(WORDS) + 1
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "steps:\n  - {op: add_tokens, tokens: [benzene]}\n  - {op: cast, dtype: bf16}\n"
+    )
+    assert cli("apply", recipe, bert, tmp_path / "rec").exit_code == 0
+
+
+def test_errors_name_what_to_do(bert, model_store, tmp_path):
+    r = cli("add-tokens", model_store("bert"), tmp_path / "o", "--token", "x")
+    assert r.exit_code == 2
+    assert "SRC has no tokenizer files (tokenizer.json, vocab.txt, ...)" in r.output
+    assert "use resize-vocab to grow the matrices alone" in r.output
+    r = cli("add-tokens", bert, tmp_path / "o", "--token", " ")
+    assert r.exit_code == 2 and "an empty token" in r.output
+    r = cli("add-tokens", bert, tmp_path / "o")
+    assert r.exit_code == 2 and "no tokens given" in r.output
+    short = tmp_path / "short"
+    shutil.copytree(bert, short)
+    config = json.loads((short / "config.json").read_text())
+    (short / "vocab.txt").write_text("\n".join([*WORDS, "extra1", "extra2"]) + "\n")
+    (short / "tokenizer.json").unlink()
+    (short / "config.json").write_text(json.dumps(config))
+    r = cli("add-tokens", short, tmp_path / "o", "--token", "x")
+    assert r.exit_code == 2
+    assert (
+        f"the tokenizer has {len(WORDS) + 2} tokens but the embeddings have {len(WORDS)} rows"
+        in (r.output)
+    )
+    assert not (tmp_path / "o").exists()
+    tiny = tmp_path / "tiny-vocab"  # a tokenizer far smaller than the embeddings: not theirs
+    shutil.copytree(bert, tiny)
+    (tiny / "vocab.txt").write_text("\n".join(WORDS[:20]) + "\n")
+    (tiny / "tokenizer.json").unlink()
+    r = cli("add-tokens", tiny, tmp_path / "o", "--token", "x")
+    assert r.exit_code == 2
+    assert f"the tokenizer has 20 tokens but the embeddings have {len(WORDS)} rows" in r.output
+
+
+@pytest.mark.skipif(not (REAL / "allennlp-bert-xsmall-dummy").is_dir(), reason="needs ../shared")
+def test_a_real_checkpoint_that_ships_only_vocab_txt(tmp_path):
+    from transformers import AutoTokenizer
+
+    src = REAL / "allennlp-bert-xsmall-dummy"
+    r = cli("add-tokens", src, tmp_path / "out", "--token", "ckptsurgeon", "--token", "benzene")
+    assert r.exit_code == 0, r.output
+    ref = reference(src, tmp_path / "ref", ["ckptsurgeon", "benzene"])
+    got = AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+    assert len(got) == len(ref)
+    for text in ["hello world", "ckptsurgeon adds benzene"]:
+        assert got(text)["input_ids"] == ref(text)["input_ids"]
+    rows = weights(tmp_path / "out")["embeddings.word_embeddings.weight"].shape[0]
+    assert rows == len(ref)
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny GPT-2 (tied head) with a byte-level BPE tokenizer trained here."""
+    import torch
+    import transformers as tf
+    from tokenizers import ByteLevelBPETokenizer
+
+    root = tmp_path_factory.mktemp("gpt2")
+    bpe = ByteLevelBPETokenizer()
+    corpus = ["the chemical benzene is an aromatic ring", "an ion in the chem lab"] * 20
+    bpe.train_from_iterator(corpus, vocab_size=300, min_frequency=1,
+                            special_tokens=["<|endoftext|>"])  # fmt: skip
+    bpe.save(str(root / "tokenizer.json"))
+    tok = tf.GPT2TokenizerFast(tokenizer_file=str(root / "tokenizer.json"))
+    torch.manual_seed(0)
+    cfg = tf.GPT2Config(vocab_size=len(tok), n_embd=16, n_layer=2, n_head=2, n_positions=32)
+    src = root / "src"
+    tf.GPT2LMHeadModel(cfg).save_pretrained(src)
+    tok.save_pretrained(src)
+    return src
+
+
+@pytest.mark.roundtrip
+def test_gpt2_bpe_and_its_tied_head(gpt2, tmp_path):
+    import torch
+    import transformers as tf
+    from transformers import AutoTokenizer
+
+    r = cli("add-tokens", gpt2, tmp_path / "out", "--token", "benzene-ring", "--token", "<ion>")
+    assert r.exit_code == 0, r.output
+    ref = reference(gpt2, tmp_path / "ref", ["benzene-ring", "<ion>"])
+    got = AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+    old = AutoTokenizer.from_pretrained(str(gpt2))
+    assert len(got) == len(ref) == len(old) + 2
+    for text in ["the chemical benzene-ring", "an <ion> in the lab"]:
+        assert got(text)["input_ids"] == ref(text)["input_ids"]
+    model, info = tf.GPT2LMHeadModel.from_pretrained(
+        str(tmp_path / "out"), output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    emb = model.transformer.wte.weight
+    assert emb.shape[0] == len(old) + 2 and model.lm_head.weight.data_ptr() == emb.data_ptr()
+    before = weights(gpt2)["transformer.wte.weight"].double()
+    ids = old("benzene-ring", add_special_tokens=False)["input_ids"]
+    assert len(ids) > 1 and torch.equal(emb[len(old)].detach(), before[ids].mean(0).float())
