@@ -249,3 +249,24 @@ def test_gpt2_bpe_and_its_tied_head(gpt2, tmp_path):
     before = weights(gpt2)["transformer.wte.weight"].double()
     ids = old("benzene-ring", add_special_tokens=False)["input_ids"]
     assert len(ids) > 1 and torch.equal(emb[len(old)].detach(), before[ids].mean(0).float())
+
+
+def test_resize_vocab_warns_and_verify_fails_when_the_tokenizer_no_longer_fits(bert, tmp_path):
+    from ckptsurgeon.formats.tokenizer_files import tokenizer_length
+
+    assert tokenizer_length(bert) == len(WORDS)
+    r = cli("resize-vocab", bert, tmp_path / "small", "--size", str(len(WORDS) - 3))
+    assert r.exit_code == 0, r.output
+    assert (
+        f"the tokenizer beside the weights has {len(WORDS)} tokens and the embeddings will have "
+        f"{len(WORDS) - 3} rows: the ids no longer match; add-tokens grows both together"
+    ) in r.output
+    r = cli("verify", tmp_path / "small")
+    assert r.exit_code == 1
+    assert (
+        f"FAIL  the tokenizer fits the embeddings: len(tokenizer) {len(WORDS)}, embeddings "
+        f"{len(WORDS) - 3} rows"
+    ) in r.output
+    assert cli("add-tokens", bert, tmp_path / "grown", "--token", "benzene").exit_code == 0
+    r = cli("verify", tmp_path / "grown")
+    assert r.exit_code == 0 and "ok    the tokenizer fits the embeddings" in r.output, r.output

@@ -12,9 +12,11 @@ tensor name), as ``reinit`` draws; new bias entries are 0. config.json's ``vocab
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from ..errors import SelectionError
 from ..formats.config_json import is_int
+from ..formats.tokenizer_files import tokenizer_length
 from ..plan import Copy, Plan, PlannedTensor, Rows
 from ..plan.selection import config_get, config_section
 from ..rules.bert import Rule, std_from
@@ -137,6 +139,13 @@ def plan_resize_vocab(plan: Plan, size: int, init: str, seed: int) -> Plan:
         rows = Rows(t.source.tensor, min(size, old), grow, fill, rule, stream, seed)
         out.append(replace(t, shape=(size, *t.shape[1:]), source=rows))
     resized = replace(plan, tensors=tuple(out))
+    src = Path(plan.source)
+    length = tokenizer_length(src if src.is_dir() else src.parent)
+    if length is not None and (size < length or (old == length and size != length)):
+        resized = resized.warn(
+            f"the tokenizer beside the weights has {length} tokens and the embeddings will "
+            f"have {size} rows: the ids no longer match; add-tokens grows both together"
+        )
     if plan.config is None:
         return resized
     return resized.with_config({key or "vocab_size": size})

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointNotFoundError, CkptSurgeonError
+from ..formats.tokenizer_files import tokenizer_length
 from ..patterns import as_patterns, matches
 from ..record import KEY, decode, recipe_of
 
@@ -208,6 +209,12 @@ def verify(
     checks.append(Check("missing keys as expected", not unexplained and not absent, detail))
     with _silenced(tf, quiet):  # transformers 4.x warns about padding in the forward pass
         checks.append(_forward(model))
+    length = tokenizer_length(p)
+    embeddings = model.get_input_embeddings() if length is not None else None
+    if length is not None and embeddings is not None:
+        rows = int(embeddings.weight.shape[0])
+        detail = f"len(tokenizer) {length}, embeddings {rows} rows"
+        checks.append(Check("the tokenizer fits the embeddings", length <= rows, detail))
     if against is not None:
         checks.append(_against(p, against))
     return Verification(str(p), cls.__name__, tuple(checks))
