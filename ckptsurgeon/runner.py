@@ -139,7 +139,9 @@ def run(
         if not card and any(rel == README for rel, _ in side.files):
             plan = plan.warn(SOURCE_CARD_WARNING)
     extra = {}
-    if card and not is_single_file(dest):
+    if card and is_single_file(dest):
+        plan = plan.warn("--card is not written: DEST is a single .safetensors file")
+    elif card:
         hub_id = None if Path(src).exists() else str(src).split("@", 1)[0]
         extra[README] = model_card(plan, ckpt.root, hub_id)
     if dry_run:

@@ -90,3 +90,10 @@ def test_a_hub_id_src_is_the_base_model(model_store, tmp_path, monkeypatch):
     card = ModelCard.load(tmp_path / "c" / "README.md")
     assert card.data.base_model == "org/tiny-bert"
     assert "## The source model" not in card.text  # it had no card
+
+
+def test_a_single_file_dest_gets_no_card_and_says_so(src, tmp_path):
+    r = CliRunner().invoke(main, ["convert", str(src), str(tmp_path / "one.safetensors"), "--card"])
+    assert r.exit_code == 0, r.output
+    assert "--card is not written: DEST is a single .safetensors file" in r.output
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("one")] == ["one.safetensors"]
