@@ -221,3 +221,17 @@ def test_check_never_imports_torch(model_store, tmp_path):
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.strip().endswith("torch-free"), r.stdout + r.stderr
+
+
+def test_a_fifo_beside_the_weights_and_a_manifest_inside_src(src_copy):
+    import os
+
+    src = src_copy("bert", "safetensors")
+    os.mkfifo(src / "pipe")  # never opened: a FIFO blocks whoever reads it
+    manifest = src / "MANIFEST.json"
+    code, out = run(src, "--write-manifest", manifest)
+    assert code == 0, out
+    listed = json.loads(manifest.read_text())["files"]
+    assert "pipe" not in listed and "MANIFEST.json" not in listed
+    code, out = run(src, "--manifest", manifest)
+    assert code == 0 and "ok    manifest:" in out, out
