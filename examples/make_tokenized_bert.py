@@ -4,7 +4,7 @@
 
 Writes config.json, model.safetensors, vocab.txt, tokenizer.json and tokenizer_config.json to
 the given directory (replacing it). The weights are random but deterministic (seed 0); the
-vocabulary is a few hundred word pieces of chemistry text, so "benzene" is split into pieces.
+vocabulary is about a hundred word pieces of chemistry text, so "benzene" is split into pieces.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ WORDS = (
     ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     + list("abcdefghijklmnopqrstuvwxyz0123456789[]().,-")
     + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
-    + ["the", "a", "an", "of", "in", "is", "and", "ring", "acid", "ion", "chem", "##ical"]
+    + ["the", "an", "of", "in", "is", "and", "ring", "acid", "ion", "chem", "##ical"]
     + ["ben", "##zene", "##ene", "eth", "##an", "##ol", "carbon", "bond", "water"]
 )
 

@@ -195,9 +195,19 @@ def xfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def _free(path: Path) -> int:
-    os.sync()
-    st = os.statvfs(path)
-    return st.f_bfree * st.f_frsize
+    """Free bytes once they stop changing (XFS frees deleted files' blocks in the background)."""
+    import time
+
+    last = -1
+    for _ in range(50):
+        os.sync()
+        st = os.statvfs(path)
+        now = st.f_bfree * st.f_frsize
+        if now == last:
+            return now
+        last = now
+        time.sleep(0.1)
+    return last
 
 
 @pytest.fixture(scope="module")
