@@ -109,7 +109,7 @@ def test_no_config_json_to_edit(model_store, tmp_path):
 def test_every_writing_command_takes_config_set():
     writers = [n for n, c in main.commands.items() if any(p.name == "dest" for p in c.params)]
     assert sorted(writers) == [
-        "apply", "average", "cast", "config", "convert", "drop", "layers", "merge-lora", "reinit",
+        "add-tokens", "apply", "average", "cast", "config", "convert", "drop", "layers", "merge-lora", "reinit",
         "rename", "resize-vocab",
     ]  # fmt: skip
     for name in writers:

@@ -527,7 +527,7 @@ def test_an_interrupt_swallowed_by_other_code_still_stops_publication(model_stor
     dest = tmp_path / "out"
     script = (
         "import os, signal, sys, time\n"
-        "import ckptsurgeon.api as s\n"
+        "import ckptsurgeon.runner as s\n"
         "real = s.open_checkpoint\n"
         "def swallowing(path, *args):\n"
         "    try:\n"

@@ -127,7 +127,7 @@ def _recipe(tmp_path: Path, steps: object, name: str = "r.json") -> Path:
     [
         (
             [{"op": "prune"}],
-            "Error: unknown op 'prune' (recipe step 1): ops are: average, cast, config, convert, drop, layers, merge-lora, reinit, rename, resize-vocab",
+            "Error: unknown op 'prune' (recipe step 1): ops are: add-tokens, average, cast, config, convert, drop, layers, merge-lora, reinit, rename, resize-vocab",
         ),
         (
             [{"op": "drop", "patterns": ["cls.*"]}, {"op": "reinit", "top_layer": 3}],
