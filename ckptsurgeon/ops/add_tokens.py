@@ -20,11 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SelectionError
-from ..plan import Copy, Plan, Rows
-from ..rules.bert import Rule, std_from
-from ..ties import name_ties
+from ..plan import Plan
 from .base import SEED, Operation, Option
-from .vocab import vocab_tensors
+from .vocab import grown_rows, vocab_tensors
 
 TOKENIZER_FILES = (  # a vocabulary (tokenizer_config.json alone is none)
     "tokenizer.json",
@@ -109,38 +107,14 @@ def plan_add_tokens(
     warnings = [f"{t!r} is already in the vocabulary: skipped" for t in wanted if t in vocab]
     fresh = [t for t in dict.fromkeys(wanted) if t not in vocab]
     pieces = tuple(tuple(tok(t, add_special_tokens=False)["input_ids"]) for t in fresh)
-    tok.add_tokens(
-        wanted, special_tokens=special
-    )  # as given: transformers registers known ones too
+    # as given: transformers registers the known ones too
+    tok.add_tokens(wanted, special_tokens=special)
     size = len(tok)
     if pad_to_multiple_of:
         size = -(-size // pad_to_multiple_of) * pad_to_multiple_of
     files = _saved(tok)
-    for t in tensors:
-        if t.computed:
-            raise SelectionError(
-                f"{t.name} is already re-initialised or cast at this point of the recipe",
-                t.name,
-                "put the add-tokens step before reinit and cast steps",
-            )
-    ties = name_ties(plan.names, plan.config)
-    std = std_from(plan.config, None)
-    chosen = {t.name for t in tensors}
-    out = []
-    for t in plan.tensors:
-        if t.name not in chosen:
-            out.append(t)
-            continue
-        assert isinstance(t.source, Copy)
-        rule = Rule("normal", std) if init == "normal" else None
-        fill = "zeros" if init != "pieces" and len(t.shape) == 1 else init
-        stream = ties.get(t.name, t.name)
-        keep = min(old_len, size)
-        grow = size - keep
-        source = Rows(t.source.tensor, keep, grow, fill, rule, stream, seed,
-                      pieces if fill == "pieces" else ())  # fmt: skip
-        out.append(replace(t, shape=(size, *t.shape[1:]), source=source))
-    grown = replace(plan, tensors=tuple(out), files=(*plan.files, *files)).warn(*warnings)
+    out = grown_rows(plan, tensors, size, old_len, "add-tokens", init, seed, pieces)
+    grown = replace(plan, tensors=out, files=(*plan.files, *files)).warn(*warnings)
     return grown if plan.config is None else grown.with_config({key or "vocab_size": size})
 
 

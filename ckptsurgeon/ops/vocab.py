@@ -99,6 +99,47 @@ def vocab_tensors(plan: Plan) -> tuple[int, list[PlannedTensor], str | None]:
     return size, found, key
 
 
+def grown_rows(
+    plan: Plan,
+    tensors: list[PlannedTensor],
+    size: int,
+    keep: int,
+    step: str,
+    init: str,
+    seed: int,
+    pieces: tuple[tuple[int, ...], ...] = (),
+) -> tuple[PlannedTensor, ...]:
+    """The plan's tensors with each vocabulary-sized one of ``tensors`` resized to ``size``
+    rows: its first ``keep`` rows, then new ones filled by ``init`` (``mean``, ``normal``
+    drawn from the stream of its tied embeddings or its own, or ``pieces``); a bias's new
+    entries are 0 unless filled from pieces. Shared by resize-vocab and add-tokens (``step``
+    names it in the error for a tensor a step before already changed)."""
+    for t in tensors:
+        if t.computed:
+            raise SelectionError(
+                f"{t.name} is already re-initialised or cast at this point of the recipe",
+                t.name,
+                f"put the {step} step before reinit and cast steps",
+            )
+    ties = name_ties(plan.names, plan.config)
+    std = std_from(plan.config, None)
+    chosen = {t.name for t in tensors}
+    keep = min(keep, size)
+    out = []
+    for t in plan.tensors:
+        if t.name not in chosen:
+            out.append(t)
+            continue
+        assert isinstance(t.source, Copy)
+        fill = "zeros" if len(t.shape) == 1 and init != "pieces" else init
+        rule = Rule("normal", std) if fill == "normal" else None
+        stream = ties.get(t.name, t.name)  # a tied head draws its embeddings' values
+        rows = Rows(t.source.tensor, keep, size - keep, fill, rule, stream, seed,
+                    pieces if fill == "pieces" else ())  # fmt: skip
+        out.append(replace(t, shape=(size, *t.shape[1:]), source=rows))
+    return tuple(out)
+
+
 def plan_resize_vocab(plan: Plan, size: int, init: str, seed: int) -> Plan:
     old, tensors, key = vocab_tensors(plan)
     if size == old:
@@ -115,30 +156,8 @@ def plan_resize_vocab(plan: Plan, size: int, init: str, seed: int) -> Plan:
                 plan.source,
                 f"give --size > {value}, or change {name} in config.json first",
             )
-    for t in tensors:
-        if t.computed:
-            raise SelectionError(
-                f"{t.name} is already re-initialised or cast at this point of the recipe",
-                t.name,
-                "put the resize-vocab step before reinit and cast steps",
-            )
-    ties = name_ties(plan.names, plan.config)
-    std = std_from(plan.config, None)
-    chosen = {t.name: t for t in tensors}
-    out = []
-    for t in plan.tensors:
-        if t.name not in chosen:
-            out.append(t)
-            continue
-        assert isinstance(t.source, Copy)
-        grow = max(size - old, 0)
-        bias = len(t.shape) == 1
-        fill = "zeros" if bias else init
-        rule = Rule("normal", std) if fill == "normal" else None
-        stream = ties.get(t.name, t.name)  # a tied head draws its embeddings' values
-        rows = Rows(t.source.tensor, min(size, old), grow, fill, rule, stream, seed)
-        out.append(replace(t, shape=(size, *t.shape[1:]), source=rows))
-    resized = replace(plan, tensors=tuple(out))
+    out = grown_rows(plan, tensors, size, old, "resize-vocab", init, seed)
+    resized = replace(plan, tensors=out)
     src = Path(plan.source)
     length = tokenizer_length(src if src.is_dir() else src.parent)
     if length is not None and (size < length or (old == length and size != length)):
