@@ -217,6 +217,9 @@ if __name__ == "__main__" and "--test-transcripts" in sys.argv:
     write_test_transcripts(Path(sys.argv[i + 1]), Path(sys.argv[i + 2]))
 
 if __name__ == "__main__" and "--write" in sys.argv:
+    import os
+
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # as conftest sets it for the tests
     README.write_text(rewrite_transcripts(README.read_text()))
     text = README.read_text()
     head, rest = text.split(BEGIN, 1)

@@ -80,15 +80,20 @@ def _revision_option(f: Any) -> Any:
     )(f)
 
 
-def _write_options(f: Any) -> Any:
-    f = _quiet_option(f)
-    f = _revision_option(f)
-    f = click.option(
+def _threads_option(what: str) -> Any:
+    """``--threads N``: the one definition, for what the threads do."""
+    return click.option(
         "--threads",
         type=click.IntRange(min=1),
         metavar="N",
-        help="Threads for random values and casts [default: the CPUs this process may use].",
-    )(f)
+        help=f"Threads for {what} [default: the CPUs this process may use].",
+    )
+
+
+def _write_options(f: Any) -> Any:
+    f = _quiet_option(f)
+    f = _revision_option(f)
+    f = _threads_option("random values and casts")(f)
     f = _json_option("the plan and the result")(f)
     f = click.option(
         "--config-from",

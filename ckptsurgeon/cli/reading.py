@@ -7,7 +7,13 @@ import click
 from ..ops.base import EXCLUDE, PATTERNS
 from ..sizes import format_size
 from .group import main
-from .options import _click_option, _json_option, _quiet_option, _revision_option
+from .options import (
+    _click_option,
+    _json_option,
+    _quiet_option,
+    _revision_option,
+    _threads_option,
+)
 from .render import (
     _fmt,
     _progress,
@@ -235,12 +241,7 @@ def diff_cmd(
     help="Write the sha256 and size of every file of SRC to FILE (JSON), from the same read.",
 )
 @click.option("--manifest", metavar="FILE", help="Check every file of SRC against a manifest FILE.")
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    metavar="N",
-    help="Threads that scan values [default: the CPUs this process may use].",
-)
+@_threads_option("the value scan")
 @_revision_option
 @_json_option("every check")
 @_quiet_option
