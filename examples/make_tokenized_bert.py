@@ -9,8 +9,13 @@ vocabulary is about a hundred word pieces of chemistry text, so "benzene" is spl
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
+
+# deepspeed, when installed (the test extra), announces on stdout the accelerator it guessed
+# whenever transformers imports it (save_pretrained does): say it, so it stays quiet
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
 from pathlib import Path
 
 WORDS = (
