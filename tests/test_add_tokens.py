@@ -46,6 +46,7 @@ def bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src = root / "src"
     model.save_pretrained(src)
     tok.save_pretrained(src)
+    shutil.copy(root / "vocab.txt", src)  # as BERT releases ship it (5.x saves tokenizer.json only)
     return src
 
 
@@ -70,6 +71,7 @@ def weights(folder: Path) -> dict[str, Any]:
 
 def test_tokenizer_files_ids_and_rows_are_transformers(bert, tmp_path):
     import torch
+    import transformers as tf
     from transformers import AutoTokenizer
 
     tokens = ["benzene", "[ION]", "chem", "benzene"]  # chem is known; benzene twice
@@ -84,8 +86,16 @@ def test_tokenizer_files_ids_and_rows_are_transformers(bert, tmp_path):
     old = AutoTokenizer.from_pretrained(str(bert))
     assert len(got) == len(ref) == len(WORDS) + 2
     assert got.convert_tokens_to_ids(["benzene", "[ION]"]) == [len(WORDS), len(WORDS) + 1]
-    for text in TEXTS:
+    slow_class = getattr(tf, "BertTokenizerLegacy", tf.BertTokenizer)  # 5.x: the Python one
+    slow = slow_class.from_pretrained(str(tmp_path / "out"))
+    if not (tmp_path / "ref" / "vocab.txt").exists():  # 5.x: save_pretrained writes none
+        shutil.copy(bert / "vocab.txt", tmp_path / "ref")
+    slow_ref = slow_class.from_pretrained(str(tmp_path / "ref"))
+    assert not slow.is_fast and len(slow) == len(got)
+    assert slow.convert_tokens_to_ids(["benzene", "[ION]"]) == [len(WORDS), len(WORDS) + 1]
+    for text in [*TEXTS, "benzene [ION] ions"]:
         assert got(text)["input_ids"] == ref(text)["input_ids"]
+        assert slow(text)["input_ids"] == slow_ref(text)["input_ids"]  # (lower-cases [ION])
     # rows: the old ones unchanged; each new one the mean of its pieces' rows, rounded once
     before, after = weights(bert), weights(tmp_path / "out")
     emb = "bert.embeddings.word_embeddings.weight"
@@ -170,7 +180,7 @@ def test_errors_name_what_to_do(bert, model_store, tmp_path):
     shutil.copytree(bert, short)
     config = json.loads((short / "config.json").read_text())
     (short / "vocab.txt").write_text("\n".join([*WORDS, "extra1", "extra2"]) + "\n")
-    (short / "tokenizer.json").unlink()
+    (short / "tokenizer.json").unlink(missing_ok=True)  # 4.x saves vocab.txt alone
     (short / "config.json").write_text(json.dumps(config))
     r = cli("add-tokens", short, tmp_path / "o", "--token", "x")
     assert r.exit_code == 2
@@ -182,7 +192,7 @@ def test_errors_name_what_to_do(bert, model_store, tmp_path):
     tiny = tmp_path / "tiny-vocab"  # a tokenizer far smaller than the embeddings: not theirs
     shutil.copytree(bert, tiny)
     (tiny / "vocab.txt").write_text("\n".join(WORDS[:20]) + "\n")
-    (tiny / "tokenizer.json").unlink()
+    (tiny / "tokenizer.json").unlink(missing_ok=True)
     r = cli("add-tokens", tiny, tmp_path / "o", "--token", "x")
     assert r.exit_code == 2
     assert f"the tokenizer has 20 tokens but the embeddings have {len(WORDS)} rows" in r.output
@@ -270,3 +280,148 @@ def test_resize_vocab_warns_and_verify_fails_when_the_tokenizer_no_longer_fits(b
     assert cli("add-tokens", bert, tmp_path / "grown", "--token", "benzene").exit_code == 0
     r = cli("verify", tmp_path / "grown")
     assert r.exit_code == 0 and "ok    the tokenizer fits the embeddings" in r.output, r.output
+
+
+@pytest.fixture(scope="module")
+def roberta(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny RoBERTa (MLM head tied to the embeddings, its own bias) with a byte-level BPE
+    tokenizer trained here and saved by RobertaTokenizerFast (vocab.json, merges.txt, tokenizer.json)."""
+    import torch
+    import transformers as tf
+    from tokenizers import ByteLevelBPETokenizer
+
+    root = tmp_path_factory.mktemp("roberta")
+    bpe = ByteLevelBPETokenizer()
+    corpus = ["the chemical benzene is an aromatic ring", "an ion in the chem lab"] * 20
+    bpe.train_from_iterator(corpus, vocab_size=300, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])  # fmt: skip
+    bpe.save_model(str(root))
+    tok = tf.RobertaTokenizerFast(str(root / "vocab.json"), str(root / "merges.txt"))
+    torch.manual_seed(0)
+    cfg = tf.RobertaConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=2,
+                           num_attention_heads=2, intermediate_size=24, max_position_embeddings=40)  # fmt: skip
+    model = tf.RobertaForMaskedLM(cfg)
+    with torch.no_grad():
+        model.lm_head.bias.normal_()
+    src = root / "src"
+    model.save_pretrained(src)
+    tok.save_pretrained(src)
+    return src
+
+
+@pytest.mark.roundtrip
+def test_roberta_bpe_head_bias_and_logits(roberta, tmp_path):
+    import torch
+    import transformers as tf
+    from transformers import AutoTokenizer
+
+    tokens = ["benzene-ring", " aromatic", "<ion>"]
+    r = cli("add-tokens", roberta, tmp_path / "out", *[x for t in tokens for x in ("--token", t)])
+    assert r.exit_code == 0, r.output
+    ref = reference(roberta, tmp_path / "ref", tokens)
+    for f in sorted((tmp_path / "ref").iterdir()):
+        assert (tmp_path / "out" / f.name).read_bytes() == f.read_bytes(), f.name
+    got = AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+    old = AutoTokenizer.from_pretrained(str(roberta))
+    n = len(old)
+    assert len(got) == len(ref) == n + 3
+    assert got.convert_tokens_to_ids(tokens) == [n, n + 1, n + 2]
+    for text in ["the chemical benzene-ring", "an <ion> in the lab", "aromatic ions"]:
+        assert got(text)["input_ids"] == ref(text)["input_ids"]
+    before, after = weights(roberta), weights(tmp_path / "out")
+    emb = "roberta.embeddings.word_embeddings.weight"
+    assert torch.equal(after[emb][:n], before[emb])
+    for row, token in enumerate(tokens, n):
+        ids = old(token, add_special_tokens=False)["input_ids"]
+        assert torch.equal(after[emb][row], before[emb].double()[ids].mean(0).float()), token
+        bias = before["lm_head.bias"].double()[ids].mean().float()
+        assert torch.equal(after["lm_head.bias"][row], bias), token
+    a = tf.RobertaForMaskedLM.from_pretrained(str(roberta)).eval()
+    b, info = tf.RobertaForMaskedLM.from_pretrained(str(tmp_path / "out"), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert b.config.vocab_size == n + 3
+    assert (
+        b.lm_head.decoder.weight.data_ptr()
+        == b.roberta.embeddings.word_embeddings.weight.data_ptr()
+    )
+    ids = torch.tensor([old("the chemical ion")["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(a(ids).logits, b.eval()(ids).logits[..., :n])
+
+
+@pytest.fixture(scope="module")
+def t5(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny T5 whose only tokenizer file is a sentencepiece model trained here (spiece.model,
+    as T5's own releases ship it), with 8 padding rows past the tokenizer as T5's 32128 rows
+    for 32100 tokens."""
+    import sentencepiece as spm
+    import torch
+    import transformers as tf
+
+    root = tmp_path_factory.mktemp("t5")
+    src = root / "src"
+    src.mkdir()
+    corpus = ["the chemical benzene is an aromatic ring", "an ion in the chem lab",
+              "translate English to German: the house is wonderful"] * 30  # fmt: skip
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus), model_prefix=str(src / "spiece"), vocab_size=60,
+        model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False,
+        minloglevel=2,
+    )  # fmt: skip
+    (src / "spiece.vocab").unlink()
+    (src / "tokenizer_config.json").write_text('{"tokenizer_class": "T5Tokenizer", "extra_ids": 4}')
+    n = len(tf.AutoTokenizer.from_pretrained(str(src)))
+    torch.manual_seed(0)
+    cfg = tf.T5Config(vocab_size=n + 8, d_model=16, d_kv=8, d_ff=24, num_layers=2,
+                      num_heads=2, decoder_start_token_id=0)  # fmt: skip
+    tf.T5ForConditionalGeneration(cfg).save_pretrained(src)
+    return src
+
+
+@pytest.mark.roundtrip
+def test_t5_sentencepiece_and_its_padding_rows(t5, tmp_path):
+    import torch
+    import transformers as tf
+    from transformers import AutoTokenizer
+
+    old = AutoTokenizer.from_pretrained(str(t5))
+    n = len(old)
+    r = cli("add-tokens", t5, tmp_path / "out", "--token", "benzene-ring", "--token", "<ion>",
+            "--pad-to-multiple-of", "8")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    ref = reference(t5, tmp_path / "ref", ["benzene-ring", "<ion>"])
+    for f in sorted((tmp_path / "ref").iterdir()):
+        assert (tmp_path / "out" / f.name).read_bytes() == f.read_bytes(), f.name
+    got = AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+    assert len(got) == len(ref) == n + 2
+    assert got.convert_tokens_to_ids(["benzene-ring", "<ion>"]) == [n, n + 1]
+    for text in ["translate English to German: the benzene-ring", "an <ion> in the chem lab"]:
+        assert got(text)["input_ids"] == ref(text)["input_ids"]
+    before, after = weights(t5), weights(tmp_path / "out")
+    rows = -(-(n + 2) // 8) * 8
+    for name in ("shared.weight", "lm_head.weight"):  # untied in the file, both grown
+        if name not in before:
+            continue
+        assert after[name].shape[0] == rows
+        assert torch.equal(after[name][:n], before[name][:n])
+        ids = old("benzene-ring", add_special_tokens=False)["input_ids"]
+        assert len(ids) > 1
+        assert torch.equal(after[name][n], before[name].double()[ids].mean(0).float()), name
+    a = tf.T5ForConditionalGeneration.from_pretrained(str(t5)).eval()
+    b, info = tf.T5ForConditionalGeneration.from_pretrained(
+        str(tmp_path / "out"), output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert b.config.vocab_size == rows
+    enc = torch.tensor([old("the chemical ion")["input_ids"]])
+    dec = torch.tensor([[0, 5, 7]])
+    with torch.no_grad():
+        la = a(input_ids=enc, decoder_input_ids=dec).logits
+        lb = b.eval()(input_ids=enc, decoder_input_ids=dec).logits
+    assert torch.equal(la[..., :n], lb[..., :n])
+
+
+def test_t5_shrinking_into_its_padding_rows_is_said(t5, tmp_path):
+    r = cli("add-tokens", t5, tmp_path / "out", "--token", "benzene-ring")
+    assert r.exit_code == 0, r.output
+    assert "the embeddings shrink from" in r.output

@@ -112,6 +112,11 @@ def plan_add_tokens(
     size = len(tok)
     if pad_to_multiple_of:
         size = -(-size // pad_to_multiple_of) * pad_to_multiple_of
+    if size < rows:  # T5's padding rows past the tokenizer: transformers drops them too
+        warnings.append(
+            f"the embeddings shrink from {rows} to {size} rows, len(tokenizer) as "
+            "resize_token_embeddings gives: give --pad-to-multiple-of N to keep padding rows"
+        )
     files = _saved(tok)
     out = grown_rows(plan, tensors, size, old_len, "add-tokens", init, seed, pieces)
     grown = replace(plan, tensors=out, files=(*plan.files, *files)).warn(*warnings)
