@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import reference_state
+from test_hardening import assert_clean_error, cli, leftovers, tree_hash
 
+from ckptsurgeon import PatternError, convert, drop, inspect, reinit
 from ckptsurgeon.cli import main
+from ckptsurgeon.formats.safetensors import build_header
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -76,7 +83,6 @@ def test_inspect_json_and_stats(model_store):
 
 
 def test_stats_values(tmp_path):
-    import numpy as np
     from safetensors.numpy import save_file
 
     values = np.array([1.0, 2.0, np.nan, np.inf, 3.0], dtype=np.float32)
@@ -227,7 +233,6 @@ def test_warns_when_no_config_is_copied(tmp_path, model_store):
 
 
 def test_closed_stdout_pipe_is_quiet(tmp_path):
-    from ckptsurgeon.formats.safetensors import build_header
 
     src = tmp_path / "many.safetensors"
     header, _ = build_header([(f"t.{i}.weight", "F32", (1,), 4) for i in range(20_000)], {})
@@ -302,3 +307,124 @@ def test_public_names_and_a_plan_without_dest(model_store, tmp_path):
         ckptsurgeon.drop(src, patterns="cls.*", dryrun=True)  # type: ignore[call-arg]
     res = ckptsurgeon.diff(src, src, plot=tmp_path / "p.svg")
     assert res.identical and (tmp_path / "p.svg").read_text().startswith("<?xml")
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["reinit", "--top-layers", "1", "--std", "inf"],
+            "Error: --std must be a finite number, got inf (reinit): fix the value",
+        ),
+        (
+            ["drop", "-p", "*"],
+            "Error: the selection drops all 74 tensors; the output would hold none ({src}): "
+            "narrow -p, or add -x for what to keep",
+        ),
+        (
+            ["drop", "-p", "cls.*", "-x", "cls.nothing.*"],
+            "Error: exclude pattern matches no tensor (cls.nothing.*): closest names: "
+            "cls.predictions.bias",
+        ),
+        (
+            ["drop", "-p", "bert.*", "--strip-prefix", "bert"],
+            "Error: --strip-prefix 'bert' does not end with a dot and not every name starts with "
+            "'bert.' ({src}): give --strip-prefix 'bert.' to strip it where present",
+        ),
+    ],
+)
+def test_bad_arguments_are_refused(model_store, tmp_path, args, message):
+    src = model_store("bert")
+    code, _, err, _ = cli(args[0], src, tmp_path / "out", *args[1:])
+    assert_clean_error(code, err)
+    assert err.strip() == message.format(src=src)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_strip_prefix_without_the_dot_when_every_name_has_it(ddp_src, tmp_path):
+    src = ddp_src
+    convert(src, tmp_path / "a", strip_prefix="module")
+    convert(src, tmp_path / "b", strip_prefix=["module."])
+    assert tree_hash(tmp_path / "a") == tree_hash(tmp_path / "b")
+    assert "bert.embeddings.word_embeddings.weight" in reference_state(tmp_path / "a")
+
+
+@pytest.mark.parametrize(
+    ("config", "problem"),
+    [
+        ("[1, 2]", "config.json holds a JSON list, not an object"),
+        ('"bert"', "config.json holds a JSON str, not an object"),
+        ("{not json", "config.json is not valid JSON"),
+        ('{"initializer_range": "0.02"}', "config.json: initializer_range is '0.02', not a number"),
+        ('{"initializer_range": -1}', "initializer_range is -1; it must be a finite number >= 0"),
+        ('{"pad_token_id": 1.5}', "config.json: pad_token_id is 1.5, not an integer"),
+        (
+            '{"pad_token_id": 99, "vocab_size": 99}',
+            "pad_token_id 99 is outside the vocabulary (vocab_size 99)",
+        ),
+        ('{"num_hidden_layers": "4"}', "config.json: num_hidden_layers is '4', not a layer count"),
+        ('{"num_hidden_layers": -2}', "num_hidden_layers is -2, not a layer count"),
+        ('{"vocab_size": true}', "vocab_size is True, not a positive integer"),
+    ],
+)
+def test_a_broken_config_is_refused_by_every_writing_command(src_copy, tmp_path, config, problem):
+    src = src_copy("bert")
+    (src / "config.json").write_text(config)
+    before = tree_hash(src)
+    for args in (["convert"], ["drop", "-p", "cls.*"], ["reinit", "-p", "cls.*", "--dry-run"]):
+        code, _, err, _ = cli(args[0], src, tmp_path / "out", *args[1:])
+        assert_clean_error(code, err, problem, str(src / "config.json"), "fix config.json")
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+    assert tree_hash(src) == before
+    # inspect still shows the weights, with the problem as a warning
+    code, out, err, _ = cli("inspect", src)
+    assert code == 0 and problem in err
+
+
+def test_wrapped_model_hint_everywhere_the_user_meets_it(ddp_src, tmp_path):
+    hint = "names start with 'module.' (saved from a wrapped model): pass --strip-prefix module."
+    code, _, err, _ = cli("convert", ddp_src, tmp_path / "c")
+    assert code == 0 and f"Warning: {hint}" in err
+    code, _, err, _ = cli("reinit", ddp_src, tmp_path / "r", "--top-layers", "1")
+    assert_clean_error(code, err, "no encoder layer stack found", hint)
+    code, _, err, _ = cli("drop", ddp_src, tmp_path / "d", "-p", "cls.*")
+    assert_clean_error(code, err, "pattern matches no tensor (cls.*)", hint)
+    with pytest.raises(PatternError, match="pass --strip-prefix module"):
+        drop(ddp_src, tmp_path / "d", "cls.*")
+    code, _, err, _ = cli(
+        "reinit", ddp_src, tmp_path / "r", "--top-layers", "1", "--strip-prefix", "module."
+    )
+    assert code == 0, err
+
+
+def test_api_accepts_size_strings_and_bare_pattern_strings(model_store, tmp_path):
+    src = model_store("bert")
+    result = convert(src, tmp_path / "sharded", max_shard_size="50KB")
+    assert "model.safetensors.index.json" in result.written.files
+    a = drop(src, tmp_path / "a", "cls.*", exclude="cls.predictions.transform.dense.*")
+    b = drop(src, tmp_path / "b", ["cls.*"], exclude=["cls.predictions.transform.dense.*"])
+    assert a.plan.tensors == b.plan.tensors and a.plan.count("drop") == 3
+    assert a.plan.steps[0]["patterns"] == ["cls.*"]
+    r = reinit(src, tmp_path / "r", "cls.predictions.transform.dense.*", dry_run=True)
+    assert r.plan.count("reinit") == 2
+    assert sorted(t.name for t in inspect(src, "cls.predictions.transform.dense.*").tensors) == [
+        "cls.predictions.transform.dense.bias",
+        "cls.predictions.transform.dense.weight",
+    ]
+
+
+def test_inspect_counts_tied_groups_once(model_store):
+    safe = inspect(model_store("bert", "safetensors"))
+    for layout in ("bin", "bin-legacy"):
+        tied = inspect(model_store("bert", layout))
+        assert (tied.total_params, tied.total_bytes) == (safe.total_params, safe.total_bytes)
+        assert tied.to_json()["tied"] == {
+            "cls.predictions.decoder.bias": "cls.predictions.bias",
+            "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+        }
+    assert safe.to_json()["tied"] == {}

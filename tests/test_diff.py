@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import reference_state
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
 from ckptsurgeon import convert, drop, reinit
 from ckptsurgeon.cli import main
+from ckptsurgeon.formats.safetensors import build_header
 from ckptsurgeon.tools.compare import diff
 
 JSON_KEYS = {
@@ -149,7 +153,6 @@ def test_prefixes_and_normalize(tmp_path):
 
 
 def test_normalize_folds_separately_stored_aliases(model_store, tmp_path):
-    from conftest import reference_state
     from safetensors.torch import save_file as save_torch
 
     state = {k: v.clone() for k, v in reference_state(model_store("bert", "bin")).items()}
@@ -279,3 +282,41 @@ def test_a_bare_pattern_string_is_one_pattern_in_every_api_function(model_store,
     ):
         changed = call().plan.changed()
         assert changed and all(t.name.startswith("cls.") for t in changed)
+
+
+def test_diff_exit_status_survives_a_closed_pipe(tmp_path):
+    def write(path: Path, offset: float) -> None:
+        path.mkdir()
+        n = 3000
+        specs = [(f"encoder.layer.{i}.weight", "F32", (4,), 16) for i in range(n)]
+        header, _ = build_header(specs, {"format": "pt"})
+        data = (np.arange(n * 4, dtype=np.float32) + offset).tobytes()
+        (path / "model.safetensors").write_bytes(header + data)
+
+    write(tmp_path / "a", 0.0)
+    write(tmp_path / "b", 1.0)
+    for extra in ([], ["--json"]):
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ckptsurgeon",
+                "diff",
+                str(tmp_path / "a"),
+                str(tmp_path / "b"),
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.readline()
+        proc.stdout.close()  # like `| head -1`
+        err = proc.stderr.read()
+        assert proc.wait(timeout=60) == 1, err
+        assert err == b""
+    same = subprocess.run(
+        [sys.executable, "-m", "ckptsurgeon", "diff", str(tmp_path / "a"), str(tmp_path / "a")],
+        capture_output=True,
+    )
+    assert same.returncode == 0

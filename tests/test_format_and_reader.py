@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import reference_state
 
 from ckptsurgeon import (
     CheckpointNotFoundError,
@@ -285,7 +287,6 @@ def test_directory_prefers_safetensors(tmp_path, model_store):
 
 def test_zip_bin_tensors_are_read_from_the_file(model_store):
     """Zip .bin tensors get file offsets (copied in the kernel); legacy ones go through torch."""
-    from conftest import reference_state
 
     for layout, has_offsets in (("bin", True), ("bin-sharded", True), ("bin-legacy", False)):
         ckpt = open_checkpoint(model_store("bert", layout))
@@ -357,3 +358,15 @@ def test_read_into_fills_any_window_of_a_tensor(model_store, layout):
             buf = bytearray(n)
             reader.read_into(info, memoryview(buf), start)
             assert bytes(buf) == whole[start : start + n], (start, n)
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_open_checkpoint_reports_config_problem_without_raising(src_copy):
+    src = src_copy("bert")
+    (src / "config.json").write_text("[]")
+    ckpt = open_checkpoint(src)
+    assert ckpt.config is None and ckpt.config_error is not None

@@ -5,12 +5,24 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import LAYOUTS, assert_bitwise_equal, load_model, reference_state
+from test_hardening import assert_clean_error, cli, leftovers
 
-from ckptsurgeon import InitRuleError, PatternError, SelectionError, open_checkpoint, reinit
+from ckptsurgeon import (
+    InitRuleError,
+    PatternError,
+    SelectionError,
+    open_checkpoint,
+    reinit,
+)
+from ckptsurgeon.formats.safetensors import build_header
 from ckptsurgeon.rules.bert import CHUNK_ELEMS, Rule, generate
 
 TOP = {"bert": 2, "bert-seqcls": 2, "roberta": 2, "distilbert": 2, "electra": 2}
@@ -310,7 +322,6 @@ def test_normal_shape_of_distribution():
 @pytest.mark.slow
 def test_one_gb_embedding_is_generated_in_bounded_memory(tmp_path):
     """Peak memory is a few chunks, not the tensor: a 1 GiB embedding re-initialised in < 200 MiB."""
-    import sys
 
     from ckptsurgeon.formats.safetensors import build_header
 
@@ -358,3 +369,46 @@ def test_whole_output_identical_across_thread_counts(tmp_path):
         reinit(src, dest, ["*"], threads=threads)
         outs.append(dest.read_bytes())
     assert outs[0] == outs[1] == outs[2]
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_roberta_padding_rows_from_architectures(model_store, tmp_path):
+    src = _copy(model_store("roberta"), tmp_path / "src")
+    cfg = json.loads((src / "config.json").read_text())
+    for key in ("model_type", "pad_token_id"):
+        cfg.pop(key)
+    cfg["architectures"] = ["RobertaForMaskedLM"]
+    (src / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "out"
+    # headless names, as old fastNLP/fairseq exports have them: no 'roberta.' prefix to go by
+    reinit(src, out, "embeddings.*_embeddings.weight", strip_prefix="roberta.")
+    state = reference_state(out)
+    for name in ("embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight"):
+        rows = state[name]
+        assert (rows[1] == 0).all() and (rows[0] != 0).any(), name  # RoBERTa pads at 1
+    assert (state["embeddings.token_type_embeddings.weight"] != 0).all()
+
+
+def test_a_reinit_that_changes_nothing_is_refused(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    ids = np.arange(8, dtype=np.int64)
+    weight = np.ones((4, 4), dtype=np.float32)
+    specs = [
+        ("embeddings.position_ids", "I64", (8,), 64),
+        ("encoder.layer.0.dense.weight", "F32", (4, 4), 64),
+    ]
+    header, _ = build_header(specs, {"format": "pt"})
+    (src / "model.safetensors").write_bytes(header + ids.tobytes() + weight.tobytes())
+    code, _, err, _ = cli("reinit", src, tmp_path / "out", "-p", "*position_ids")
+    assert_clean_error(code, err)
+    assert err.strip() == (
+        "Error: nothing to re-initialise: every selected tensor is skipped "
+        f"(embeddings.position_ids: I64 buffer, never re-initialised) ({src}): "
+        "select floating-point weights, biases or LayerNorm parameters"
+    )
+    assert leftovers(tmp_path) == [] and not (tmp_path / "out").exists()
