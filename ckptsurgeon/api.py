@@ -30,7 +30,8 @@ def convert(
     value unchanged, or cast to ``dtype`` (``"bf16"``, ``"fp16"``, ``"fp32"``) on the way.
 
     ``strip_prefix`` removes wrapper prefixes such as ``module.`` from the names;
-    ``max_shard_size`` is bytes or a size such as ``"50KB"``; ``config_from`` a model folder or
+    ``max_shard_size`` is bytes, a size such as ``"50KB"``, ``"source"`` or ``"auto"`` (the
+    default: 5GB, never two source files in one); ``config_from`` a model folder or
     Hub id that supplies config.json and the tokenizer (a training checkpoint has none).
 
     >>> convert("bert-bin/", "bert-safetensors/")  # doctest: +SKIP

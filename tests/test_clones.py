@@ -164,6 +164,42 @@ def test_max_shard_size_source_keeps_the_source_files(tmp_path):
     assert res.written is not None and len(res.written.files) == len(shards) + 1
 
 
+def test_the_default_keeps_a_sharded_safetensors_sources_files(tmp_path):
+    """``auto`` (the default): never two source files in one output file, so that each output
+    file's header can start where its copied tensors keep their source offsets; an explicit size
+    packs as asked, and other sources are split past 5GB alone."""
+    from ckptsurgeon.run.layout import AUTO_SHARDS, OutTensor, shard_groups, shard_limit
+
+    src = _bert(tmp_path / "sharded", hidden=64, layers=4, vocab=3000, max_shard_size="300KB")
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    shards: dict[str, set[str]] = {}
+    for name, shard in index["weight_map"].items():
+        shards.setdefault(shard, set()).add(name)
+    r = CliRunner().invoke(main, ["drop", str(src), str(tmp_path / "out"), "-p", "cls.*"])
+    assert r.exit_code == 0, r.output
+    out = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    got: dict[str, set[str]] = {}
+    for name, shard in out["weight_map"].items():
+        got.setdefault(shard, set()).add(name)
+    kept = [names - {n for n in names if n.startswith("cls.")} for names in shards.values()]
+    assert sorted(map(sorted, got.values())) == sorted(map(sorted, filter(None, kept)))
+    r = CliRunner().invoke(
+        main,
+        ["drop", str(src), str(tmp_path / "packed"), "-p", "cls.*", "--max-shard-size", "5GB"],
+    )
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "packed").glob("*.safetensors")) == [
+        "model.safetensors"
+    ]
+    assert shard_limit("auto") == shard_limit(" AUTO ") == AUTO_SHARDS
+    # past 5GB a source file is split too; tensors from .bin shards are packed as before
+    big = [OutTensor(f"t{i}", "F32", (10**9,), 4 * 10**9, home="a.safetensors") for i in (0, 1)]
+    small = OutTensor("s", "F32", (1,), 4, home="b.safetensors")
+    assert [len(g) for g in shard_groups([*big, small], tmp_path / "d", AUTO_SHARDS)] == [1, 1, 1]
+    bins = [OutTensor(f"b{i}", "F32", (1,), 4, home=f"pytorch_model-{i}.bin") for i in (0, 1)]
+    assert [len(g) for g in shard_groups(bins, tmp_path / "d", AUTO_SHARDS)] == [2]
+
+
 # ---------------------------------------------------------------------------------------------
 # On XFS with reflink
 
@@ -235,6 +271,23 @@ def test_on_xfs_only_changed_bytes_are_allocated(xfs, xfs_bert, tmp_path, job):
     assert plain["cloned_bytes"] == 0
     assert _hashes(tmp_path / job) == _hashes(out)
     shutil.rmtree(out)
+
+
+def test_on_xfs_a_sharded_source_is_cloned_with_the_default_shards(xfs, tmp_path):
+    """A sharded SRC (save_pretrained's shards), no --max-shard-size: each output file holds one
+    source file's tensors at their offsets, so dropping the head allocates next to nothing."""
+    src = _bert(xfs / "sharded", max_shard_size="60MB")
+    assert len(list(src.glob("*.safetensors"))) >= 3
+    out = xfs / "sharded-out"
+    before = _free(xfs)
+    result = _run("drop", src, out)
+    allocated = before - _free(xfs)
+    assert allocated <= 0.02 * result["total_bytes"], (allocated, result["total_bytes"])
+    assert result["cloned_bytes"] >= 0.98 * result["total_bytes"]
+    _run("drop", src, tmp_path / "plain")
+    assert _hashes(tmp_path / "plain") == _hashes(out)
+    shutil.rmtree(out)
+    shutil.rmtree(src)
 
 
 def test_the_summary_says_what_was_cloned(xfs, xfs_bert):

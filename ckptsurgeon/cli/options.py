@@ -13,7 +13,7 @@ from ..run.layout import shard_limit
 
 
 class SizeType(click.ParamType):
-    """``5GB`` (powers of 1000), ``500MiB`` (powers of 1024), or ``source``."""
+    """``5GB`` (powers of 1000), ``500MiB`` (powers of 1024), ``source`` or ``auto``."""
 
     name = "SIZE"
 
@@ -116,11 +116,11 @@ def _write_options(f: Any) -> Any:
     f = click.option(
         "--max-shard-size",
         type=SizeType(),
-        default="5GB",
+        default="auto",
         show_default=True,
         help="Largest shard of a directory DEST; KB/MB/GB are powers of 1000, KiB/MiB/GiB of "
-        "1024; 'source': one file per source file (untouched ones are cloned whole on XFS or "
-        "btrfs).",
+        "1024; 'source': one file per source file; 'auto': 5GB, and never two of a sharded "
+        "safetensors SRC's files in one (so unchanged tensors can be cloned on XFS or btrfs).",
     )(f)
     f = click.option(
         "--dry-run", is_flag=True, help="Check SRC and DEST, print the plan, write nothing."

@@ -1,5 +1,6 @@
 """The layout of the output files, a pure function of the plan and the options: which tensors
-go into which file (``--max-shard-size``, or ``source``: the source's files), in what order, and
+go into which file (``--max-shard-size``: a size, ``source`` for the source's files, or ``auto``,
+the default: the source's safetensors files, each split past 5GB), in what order, and
 where each file's data buffer starts so that tensors copied unchanged keep their source offsets
 modulo the clone block. The same layout on every file system: only the writing differs."""
 
@@ -16,15 +17,22 @@ from ..plan import Copy, PlannedTensor
 from ..sizes import parse_size
 from .destination import is_single_file
 
-DEFAULT_MAX_SHARD_SIZE = 5 * 10**9
+SHARD_BYTES = 5 * 10**9  # the largest file by default, as transformers' save_pretrained
 SOURCE_SHARDS = 0  # --max-shard-size source: one output file per source file
+# --max-shard-size auto, the default: at most SHARD_BYTES per file, and never two of a sharded
+# safetensors source's files in one output file, so that each file's copied tensors can keep
+# their source offsets modulo the clone block (one header start fits one source file)
+AUTO_SHARDS = -1
+DEFAULT_MAX_SHARD_SIZE = AUTO_SHARDS
+KEYWORDS = {"source": SOURCE_SHARDS, "auto": AUTO_SHARDS}
 
 
 def shard_limit(value: int | str) -> int:
-    """``--max-shard-size``: bytes, a size such as ``"5GB"``, or ``"source"`` (the source's
-    files: :data:`SOURCE_SHARDS`)."""
+    """``--max-shard-size``: bytes, a size such as ``"5GB"``, ``"source"`` (the source's files:
+    :data:`SOURCE_SHARDS`) or ``"auto"`` (:data:`AUTO_SHARDS`)."""
     if isinstance(value, str):
-        return SOURCE_SHARDS if value.strip().lower() == "source" else parse_size(value)
+        word = value.strip().lower()
+        return KEYWORDS[word] if word in KEYWORDS else parse_size(value)
     return value
 
 
@@ -182,19 +190,28 @@ def shard_groups(
 ) -> list[list[OutTensor]]:
     """The files :func:`write_checkpoint` writes for ``dest``: one group per file, in order.
     With :data:`SOURCE_SHARDS`, one file per source file (a tensor with no source file of its
-    own joins its neighbour's)."""
+    own joins its neighbour's). With :data:`AUTO_SHARDS`, the same for a sharded safetensors
+    source, each file split past 5GB; any other source is split past 5GB alone."""
     if is_single_file(dest):
         return [list(tensors)]
+    homes: dict[str | None, list[OutTensor]] = {}
+    last: str | None = None
+    for t in tensors:
+        last = t.home if t.home is not None else last
+        homes.setdefault(last, []).append(t)
     if max_shard_size == SOURCE_SHARDS:
-        homes: dict[str | None, list[OutTensor]] = {}
-        last: str | None = None
-        for t in tensors:
-            last = t.home if t.home is not None else last
-            homes.setdefault(last, []).append(t)
         return list(homes.values()) or [[]]
+    groups = [list(tensors)]
+    if max_shard_size == AUTO_SHARDS:
+        max_shard_size = SHARD_BYTES
+        if len(homes) > 1 and all(str(h).endswith(".safetensors") for h in homes):
+            groups = list(homes.values())
     by_name = {t.name: t for t in tensors}
-    groups = plan_shards([(t.name, t.nbytes) for t in tensors], max_shard_size)
-    return [[by_name[n] for n in group] for group in groups]
+    return [
+        [by_name[n] for n in shard]
+        for group in groups
+        for shard in plan_shards([(t.name, t.nbytes) for t in group], max_shard_size)
+    ]
 
 
 def emission_order(
