@@ -425,3 +425,26 @@ def test_t5_shrinking_into_its_padding_rows_is_said(t5, tmp_path):
     r = cli("add-tokens", t5, tmp_path / "out", "--token", "benzene-ring")
     assert r.exit_code == 0, r.output
     assert "the embeddings shrink from" in r.output
+
+
+def test_the_tokenizer_comes_from_config_from_when_src_has_none(bert, tmp_path):
+    """A training checkpoint has no tokenizer: --config-from's is the one that grows."""
+    import torch
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(bert / "model.safetensors", bare)
+    r = cli("add-tokens", bare, tmp_path / "o", "--token", "x")
+    assert r.exit_code == 2 and "SRC has no tokenizer files" in r.output
+    r = cli("add-tokens", bare, tmp_path / "out", "--token", "benzene", "--config-from", bert)
+    assert r.exit_code == 0, r.output
+    reference(bert, tmp_path / "ref", ["benzene"])
+    for f in sorted((tmp_path / "ref").iterdir()):
+        assert (tmp_path / "out" / f.name).read_bytes() == f.read_bytes(), f.name
+    assert (
+        json.loads((tmp_path / "out" / "config.json").read_text())["vocab_size"] == len(WORDS) + 1
+    )
+    emb = "bert.embeddings.word_embeddings.weight"
+    same = weights(tmp_path / "out")[emb]
+    direct = cli("add-tokens", bert, tmp_path / "direct", "--token", "benzene")
+    assert direct.exit_code == 0 and torch.equal(same, weights(tmp_path / "direct")[emb])

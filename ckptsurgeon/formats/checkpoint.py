@@ -69,10 +69,9 @@ def open_checkpoint(
         p = resolve(path, revision)
     try:
         ckpt = _open_dir(p) if p.is_dir() else _open_file(p)
-        base = ckpt.config_dir or (ckpt.root if ckpt.root is not None else ckpt.path.parent)
         if config_from is not None:
-            base = ckpt.reference = _reference(config_from)
-        ckpt.config, ckpt.config_error = read_config(base / "config.json")
+            ckpt.reference = _reference(config_from)
+        ckpt.config, ckpt.config_error = read_config(ckpt.side_dir / "config.json")
         if ckpt.config_error is not None:
             ckpt.notes.append(ckpt.config_error.message)
         if ckpt.format == "dcp":

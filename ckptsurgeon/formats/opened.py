@@ -62,6 +62,16 @@ class Checkpoint:
         return [*self.files, *([self.index_file] if self.index_file is not None else [])]
 
     @property
+    def side_dir(self) -> Path:
+        """The folder whose config.json and tokenizer files are this checkpoint's: the
+        ``--config-from`` folder, else where config.json is read, else beside the weights."""
+        if self.reference is not None:
+            return self.reference
+        if self.config_dir is not None:
+            return self.config_dir
+        return self.root if self.root is not None else self.path.parent
+
+    @property
     def training(self) -> bool:
         """Written by a trainer (DCP, DeepSpeed, Lightning): no config.json or tokenizer."""
         return self.format in TRAINING_FORMATS

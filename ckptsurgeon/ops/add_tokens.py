@@ -92,7 +92,7 @@ def plan_add_tokens(
     where = plan.source
     wanted = _tokens(tokens, tokens_file, where)
     src = Path(plan.source)
-    folder = src if src.is_dir() else src.parent
+    folder = Path(plan.side_dir) if plan.side_dir else src if src.is_dir() else src.parent
     tok = _tokenizer(folder, where)
     old_len = len(tok)
     rows, tensors, key = vocab_tensors(plan)

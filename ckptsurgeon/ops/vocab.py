@@ -159,7 +159,9 @@ def plan_resize_vocab(plan: Plan, size: int, init: str, seed: int) -> Plan:
     out = grown_rows(plan, tensors, size, old, "resize-vocab", init, seed)
     resized = replace(plan, tensors=out)
     src = Path(plan.source)
-    length = tokenizer_length(src if src.is_dir() else src.parent)
+    length = tokenizer_length(
+        Path(plan.side_dir) if plan.side_dir else src if src.is_dir() else src.parent
+    )
     if length is not None and (size < length or (old == length and size != length)):
         resized = resized.warn(
             f"the tokenizer beside the weights has {length} tokens and the embeddings will "

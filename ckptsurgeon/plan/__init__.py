@@ -259,6 +259,8 @@ class Plan:
     input_records: tuple[dict[str, Any], ...] = ()
     # files the plan writes beside the weights, replacing SRC's (add-tokens: the tokenizer)
     files: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
+    # the folder whose config.json and tokenizer files are SRC's (--config-from's, if given)
+    side_dir: str = ""
     side_files: SideFiles | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -394,4 +396,5 @@ def initial_plan(ckpt: Checkpoint) -> Plan:
         aliases=dict(ckpt.aliases),
         skipped=skipped,
         warnings=tuple(ckpt.notes),
+        side_dir=str(ckpt.side_dir),
     )
