@@ -1,6 +1,6 @@
 """`check`, the torch-free release gate, against reading and hashing the same files.
 
-    python benchmarks/check.py            # needs the 6 GB decoder that run.py builds
+    python benchmarks/check.py            # builds the 6 GB decoder of run.py once
     python benchmarks/check.py --reps 5
 
 On the ~6.3 GB 4-shard bf16 decoder of run.py, page cache warm, whole processes in alternated
@@ -18,13 +18,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import CACHE, CKPT, OUT, Job, Report, paired, suite_main, warm  # noqa: E402
+from harness import CKPT, OUT, Job, Report, build_decoder_6gb, paired, suite_main, warm  # noqa: E402
 
 
 def suite(report: Report, reps: int) -> None:
-    big = CACHE / "decoder-6gb-bf16"
-    if not big.exists():
-        raise SystemExit("run benchmarks/run.py first: it builds decoder-6gb-bf16")
+    big = build_decoder_6gb()
     warm(big)
     files = " ".join(shlex.quote(str(f)) for f in sorted(big.iterdir()) if f.is_file())
     label = "6GB bf16 4 shards"

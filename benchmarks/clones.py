@@ -30,8 +30,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import run  # noqa: E402
-from run import CACHE, CKPT, Job, Report, paired, suite_main, warm  # noqa: E402
+import harness  # noqa: E402
+from harness import CACHE, CKPT, Job, Report, paired, suite_main, warm  # noqa: E402
 
 IMAGE = CACHE / "xfs.img"
 MOUNT = CACHE / "xfs-mnt"
@@ -75,28 +75,28 @@ def free_bytes(path: Path) -> int:
 
 def allocated(job: Job, where: Path) -> int:
     """The bytes the file system allocated for one run of ``job`` (its output kept, synced)."""
-    run.clean_out()
+    harness.clean_out()
     before = free_bytes(where)
     cmd, shell = job
     subprocess.run(cmd if not shell else ["/bin/sh", "-c", str(cmd)], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     after = free_bytes(where)
-    run.clean_out()
+    harness.clean_out()
     return before - after
 
 
 def suite(report: Report, reps: int) -> None:
-    big = run.build_decoder_6gb()
+    big = harness.build_decoder_6gb()
     with mounted() as mnt:
         src = mnt / "decoder-6gb-bf16"
         if not (src / "model.safetensors.index.json").exists():
             shutil.rmtree(src, ignore_errors=True)
             subprocess.run(["cp", "-r", "--reflink=never", str(big), str(src)], check=True)
         warm(src)
-        saved_out = run.OUT
-        run.OUT = mnt / "out"  # every output on the XFS
+        saved_out = harness.OUT
+        harness.OUT = mnt / "out"  # every output on the XFS
         try:
-            out = run.OUT
+            out = harness.OUT
             ref: Job = (
                 f"cp -r --reflink=never {shlex.quote(str(src))} {out}/cp && "
                 f"sync {out}/cp/* {out}/cp",
@@ -138,8 +138,8 @@ def suite(report: Report, reps: int) -> None:
                 report.target(f"XFS: reinit --top-layers 3 of 26 ({what} shards) allocates at "
                               "most 15%", got <= 0.15, f"{100 * got:.2f}%")  # fmt: skip
         finally:
-            run.clean_out()
-            run.OUT = saved_out
+            harness.clean_out()
+            harness.OUT = saved_out
 
 
 if __name__ == "__main__":

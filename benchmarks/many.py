@@ -28,7 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import (  # noqa: E402
+from harness import (  # noqa: E402
     CACHE,
     CKPT,
     OUT,

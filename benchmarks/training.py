@@ -29,7 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import CACHE, CKPT, OUT, PY, Job, Report, bench, paired, suite_main, warm  # noqa: E402
+from harness import CACHE, CKPT, OUT, PY, Job, Report, bench, paired, suite_main, warm  # noqa: E402
 
 ROOT = CACHE / "training"
 LAYERS, WIDTH, VOCAB = 24, 4096, 32000
