@@ -22,7 +22,7 @@ from typing import Any
 from ..errors import SelectionError
 from ..plan import Plan
 from .base import SEED, Operation, Option
-from .vocab import grown_rows, vocab_tensors
+from .vocab import grown_rows, side_folder, vocab_tensors
 
 TOKENIZER_FILES = (  # a vocabulary (tokenizer_config.json alone is none)
     "tokenizer.json",
@@ -91,9 +91,7 @@ def plan_add_tokens(
 ) -> Plan:
     where = plan.source
     wanted = _tokens(tokens, tokens_file, where)
-    src = Path(plan.source)
-    folder = Path(plan.side_dir) if plan.side_dir else src if src.is_dir() else src.parent
-    tok = _tokenizer(folder, where)
+    tok = _tokenizer(side_folder(plan), where)
     old_len = len(tok)
     rows, tensors, key = vocab_tensors(plan)
     rows = tensors[0].shape[0] if tensors else rows

@@ -99,6 +99,15 @@ def vocab_tensors(plan: Plan) -> tuple[int, list[PlannedTensor], str | None]:
     return size, found, key
 
 
+def side_folder(plan: Plan) -> Path:
+    """Where SRC's config.json and tokenizer files are: the folder the plan records (SRC's own,
+    or --config-from's), else beside the weights (a plan built by hand records none)."""
+    if plan.side_dir:
+        return Path(plan.side_dir)
+    src = Path(plan.source)
+    return src if src.is_dir() else src.parent
+
+
 def grown_rows(
     plan: Plan,
     tensors: list[PlannedTensor],
@@ -158,10 +167,7 @@ def plan_resize_vocab(plan: Plan, size: int, init: str, seed: int) -> Plan:
             )
     out = grown_rows(plan, tensors, size, old, "resize-vocab", init, seed)
     resized = replace(plan, tensors=out)
-    src = Path(plan.source)
-    length = tokenizer_length(
-        Path(plan.side_dir) if plan.side_dir else src if src.is_dir() else src.parent
-    )
+    length = tokenizer_length(side_folder(plan))
     if length is not None and (size < length or (old == length and size != length)):
         resized = resized.warn(
             f"the tokenizer beside the weights has {length} tokens and the embeddings will "
