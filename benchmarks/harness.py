@@ -125,23 +125,25 @@ def build(
     (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
+LLAMA_6GB = {  # the config.json of the 6 GB decoder
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "num_hidden_layers": 26,
+    "hidden_size": 3072,
+    "intermediate_size": 8192,
+    "num_attention_heads": 24,
+    "num_key_value_heads": 24,
+    "vocab_size": 32000,
+    "tie_word_embeddings": False,
+    "initializer_range": 0.02,
+}
+
+
 def build_decoder_6gb() -> Path:
     """The ~6.3 GB bf16 Llama-shaped decoder (26 layers, 4 shards of at most 1.6 GB)."""
     big = CACHE / "decoder-6gb-bf16"
-    cfg = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "num_hidden_layers": 26,
-        "hidden_size": 3072,
-        "intermediate_size": 8192,
-        "num_attention_heads": 24,
-        "num_key_value_heads": 24,
-        "vocab_size": 32000,
-        "tie_word_embeddings": False,
-        "initializer_range": 0.02,
-    }
-    build(big, decoder_specs(3072, 26, 8192, 32000), "BF16", cfg, 1_600_000_000)
-    (big / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")  # a full config
+    build(big, decoder_specs(3072, 26, 8192, 32000), "BF16", LLAMA_6GB, 1_600_000_000)
+    (big / "config.json").write_text(json.dumps(LLAMA_6GB, indent=2) + "\n")  # a full config
     return big
 
 

@@ -19,7 +19,6 @@ Needs peft (the test extra) and about 30 GB of free disk.
 
 from __future__ import annotations
 
-import json
 import shlex
 import subprocess
 import sys
@@ -31,31 +30,21 @@ sys.path.insert(0, str(HERE))
 from harness import (  # noqa: E402
     CACHE,
     CKPT,
+    LLAMA_6GB,
     OUT,
     PY,
     Job,
     Report,
     bench,
     build,
+    build_decoder_6gb,
     decoder_specs,
     paired,
     suite_main,
     warm,
 )
 
-LLAMA = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "num_hidden_layers": 26,
-    "hidden_size": 3072,
-    "intermediate_size": 8192,
-    "num_attention_heads": 24,
-    "num_key_value_heads": 24,
-    "vocab_size": 32000,
-    "tie_word_embeddings": False,
-    "initializer_range": 0.02,
-}
-SMALL = {**LLAMA, "num_hidden_layers": 8, "hidden_size": 2048, "intermediate_size": 5632}
+SMALL = {**LLAMA_6GB, "num_hidden_layers": 8, "hidden_size": 2048, "intermediate_size": 5632}
 SMALL["num_attention_heads"] = SMALL["num_key_value_heads"] = 16
 
 
@@ -70,9 +59,7 @@ def inputs_to_average() -> list[Path]:
 
 
 def base_and_adapter() -> tuple[Path, Path]:
-    base = CACHE / "decoder-6gb-bf16"
-    build(base, decoder_specs(3072, 26, 8192, 32000), "BF16", LLAMA, 1_600_000_000)
-    (base / "config.json").write_text(json.dumps(LLAMA, indent=2) + "\n")
+    base = build_decoder_6gb()
     adapter = CACHE / "lora-r16-all-linear"
     if (adapter / "adapter_model.safetensors").exists():
         return base, adapter
