@@ -164,11 +164,86 @@ def test_a_bf16_base_is_merged_in_float32_and_rounded_once(tmp_path: Path):
     ad = load_file(str(adapter / "adapter_model.safetensors"))
     key = "base_model.model." + name.removesuffix(".weight")
     b, a = ad[key + ".lora_B.weight"], ad[key + ".lora_A.weight"]
-    # in float32, one fused W + s * (B @ A), rounded once to bf16
+    # in float32, one fused W + s * (B @ A) (one band: 16 columns), rounded once to bf16
     assert torch.equal(got[name], torch.addmm(base_w, b, a, alpha=8 / 4).to(torch.bfloat16))
     # which is PEFT's formula in float32 up to float32 rounding, far below bf16's step
     peft_order = (base_w + (b @ a) * (8 / 4)).to(torch.bfloat16)
     assert torch.allclose(got[name].float(), peft_order.float(), rtol=2**-7, atol=0)
+
+
+SIXTEEN_BIT = {
+    "linear": ("bert", ["query", "intermediate.dense"], False),
+    "conv1d": ("gpt2", ["c_attn", "c_fc"], True),
+    "embedding": ("bert", ["word_embeddings"], False),
+}
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("kind", sorted(SIXTEEN_BIT))
+def test_a_16bit_base_is_merged_band_by_band_in_float32_and_rounded_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, dtype: str
+):
+    """Every merged tensor of a 16-bit base is ``W + s * (B @ A)`` by one fused float32 addmm
+    per band of rows (transposed for Conv1D and embeddings), rounded once: bands of a few rows
+    and chunks that cut through them here. It is within one 16-bit step of the whole matrix's
+    addmm and of the float64 formula."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ckptsurgeon.run import execute, merge
+
+    family, targets, fan_in_fan_out = SIXTEEN_BIT[kind]
+    lora = {"r": 4, "lora_alpha": 8, "target_modules": targets, "fan_in_fan_out": fan_in_fan_out}
+    base, adapter = build(tmp_path, family, dtype, **lora)
+    monkeypatch.setattr(merge, "BAND_BYTES", 3 * 16 * 4)  # 3 rows of 16 float32 values
+    monkeypatch.setattr(execute, "CHUNK_BYTES", 7 * 16 * 2 + 6)  # 7 rows and 3 values
+    r = run_cli("merge-lora", base, adapter, tmp_path / "m")
+    assert r.exit_code == 0, r.output
+    got, before = ours(tmp_path / "m"), ours(base)
+    ad = load_file(str(adapter / "adapter_model.safetensors"))
+    half = getattr(torch, dtype)
+    merged = 0
+    for key in sorted(k for k in ad if k.endswith(("lora_A.weight", "lora_embedding_A"))):
+        module = key.removeprefix("base_model.model.").rsplit(".lora_", 1)[0]
+        a, b = ad[key].float(), ad[key.replace("_A", "_B")].float()
+        left, right = (b, a) if kind == "linear" else (a.T, b.T)
+        name = module + ".weight"
+        w = before[name].float()
+        step = merge.band_rows(w.shape[1])
+        banded = torch.cat(
+            [
+                torch.addmm(w[i : i + step], left[i : i + step], right, alpha=2.0)
+                for i in range(0, w.shape[0], step)
+            ]
+        )
+        assert got[name].dtype == half
+        assert torch.equal(got[name], banded.to(half)), name
+        assert not torch.equal(got[name], before[name]), name
+        whole = torch.addmm(w, left, right, alpha=2.0).to(half)
+        exact = (w.double() + 2.0 * (left.double() @ right.double())).to(half)
+        for other in (whole, exact):  # at most one step apart: adjacent 16-bit codes
+            codes = (got[name].view(torch.int16).int() - other.view(torch.int16).int()).abs()
+            assert int(codes.max()) <= 1, name
+        merged += 1
+    assert merged == {"embedding": 1}.get(kind, 4)  # every targeted module of both layers
+
+
+def test_a_float64_base_is_merged_in_float64_as_peft(tmp_path: Path):
+    """PEFT moves the adapter to a float64 base's dtype and merges there; so does ckptsurgeon."""
+    import torch
+    import transformers as tf
+    from peft import PeftModel
+
+    lora = {"r": 4, "lora_alpha": 8, "target_modules": ["query", "value"]}
+    base, adapter = build(tmp_path, "bert", "float64", **lora)
+    assert run_cli("merge-lora", base, adapter, tmp_path / "m").exit_code == 0
+    model = tf.BertForMaskedLM.from_pretrained(base, dtype=torch.float64)
+    want = dict(PeftModel.from_pretrained(model, adapter).merge_and_unload().state_dict())
+    got = ours(tmp_path / "m")
+    name = "bert.encoder.layer.1.attention.self.value.weight"
+    assert got[name].dtype == torch.float64
+    assert not torch.equal(got[name], ours(base)[name])
+    assert_equal_to_peft(got, want)
 
 
 @pytest.mark.roundtrip

@@ -300,9 +300,10 @@ MERGE_LORA = Operation(
         "W + (B @ A) * s with s = lora_alpha / r (lora_alpha / sqrt(r) with use_rslora; "
         "rank_pattern and alpha_pattern as PEFT matches them); Conv1D (fan_in_fan_out) and "
         "Embedding the delta transposed; DoRA's rows re-normalised; modules_to_save tensors "
-        "replace the base's. Computed in float32 in PEFT's order (equal to merge_and_unload bit "
-        "for bit on float32 bases) and rounded once to the base's dtype. Memory: two float32 "
-        "copies of the largest merged tensor."
+        "replace the base's. float32 and float64 bases are computed in PEFT's order (equal to "
+        "merge_and_unload bit for bit), whole: memory two copies of the largest merged tensor. "
+        "bf16 and fp16 bases are merged in float32 a band of rows at a time and rounded once: "
+        "memory a chunk."
     ),
     action="merge",
     inputs="adapter",
