@@ -174,6 +174,7 @@ class Runs:
     times: list[float] = field(default_factory=list)
     rss: list[float] = field(default_factory=list)  # MiB
     ratios: list[float] = field(default_factory=list)  # per pair: this / its reference
+    cpu: list[tuple[float, float]] = field(default_factory=list)  # (user s, system s) per run
 
     @property
     def median(self) -> float:
@@ -187,12 +188,22 @@ class Runs:
     def spread(self) -> str:
         return f"{min(self.times):.2f}-{max(self.times):.2f}"
 
+    def cpu_use(self) -> str:
+        """Median CPU seconds of a run, user and system (the process and what it waited for)."""
+        user = statistics.median(u for u, _ in self.cpu)
+        system = statistics.median(s for _, s in self.cpu)
+        return f"{user:.1f} s user + {system:.1f} s system in {self.median:.1f} s"
+
 
 TIME = shutil.which("time") or ("/usr/bin/time" if Path("/usr/bin/time").exists() else None)
 
 
+LAST_CPU: list[tuple[float, float]] = []  # (user s, system s) of each run_once, in order
+
+
 def run_once(job: Job) -> tuple[float, float]:
     """Wall time and peak RSS (MiB) of one whole process; its output removed first, untimed.
+    Its CPU time (user, system; with the processes it waited for) is appended to LAST_CPU.
 
     Peak RSS comes from GNU time's %M (the child's maximum resident set); rusage from wait4
     would report at least this script's own size, which a forked child starts from.
@@ -208,6 +219,7 @@ def run_once(job: Job) -> tuple[float, float]:
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - t0
+    LAST_CPU.append((usage.ru_utime, usage.ru_stime))
     code = os.waitstatus_to_exitcode(status)
     if code not in (0, 1) or (shell and code != 0):  # diff exits 1 on differences; cp never may
         raise RuntimeError(f"{cmd} exited {code}")
@@ -230,6 +242,7 @@ def bench(jobs: dict[str, Job], reps: int) -> dict[str, Runs]:
             t, rss = run_once(job)
             results[name].times.append(t)
             results[name].rss.append(rss)
+            results[name].cpu.append(LAST_CPU[-1])
     clean_out()
     return results
 
@@ -252,12 +265,10 @@ def paired(contenders: dict[str, Job], reference: Job, reps: int) -> dict[str, R
             for j, is_ref in order:
                 t, rss = run_once(j)
                 timed[is_ref] = t
-                if is_ref:
-                    ref.times.append(t)
-                    ref.rss.append(rss)
-                else:
-                    results[name].times.append(t)
-                    results[name].rss.append(rss)
+                runs = ref if is_ref else results[name]
+                runs.times.append(t)
+                runs.rss.append(rss)
+                runs.cpu.append(LAST_CPU[-1])
             results[name].ratios.append(timed[False] / timed[True])
     clean_out()
     results["reference"] = ref
@@ -283,6 +294,7 @@ class Report:
     def __init__(self) -> None:
         self.rows: list[list[str]] = []
         self.targets: list[tuple[str, bool, str]] = []
+        self.notes: list[str] = []
 
     def add(self, ckpt: str, job: str, runs: Runs, *ratios: str) -> None:
         self.rows.append(
@@ -291,6 +303,10 @@ class Report:
 
     def target(self, what: str, ok: bool, detail: str) -> None:
         self.targets.append((what, ok, detail))
+
+    def note(self, text: str) -> None:
+        """A line printed after the targets (where the time went)."""
+        self.notes.append(text)
 
     def print(self) -> None:
         headers = [
@@ -312,6 +328,8 @@ class Report:
         print()
         for what, ok, detail in self.targets:
             print(f"{'PASS' if ok else 'MISS'}  {what}: {detail}")
+        for text in self.notes:
+            print(f"NOTE  {text}")
 
 
 def suite_main(suite: Callable[[Report, int], None], doc: str | None) -> None:

@@ -132,6 +132,8 @@ def suite(report: Report, reps: int) -> None:
     report.target("merge-lora within 1.5x of cp+sync of its output", ratio <= 1.5, f"{ratio:.2f}x")
     rss = max(res["merge-lora"].rss)
     report.target("merge-lora peak RSS under 500 MiB", rss < 500, f"{rss:.0f} MiB")
+    report.note(f"merge-lora CPU: {res['merge-lora'].cpu_use()}")
+    report.note(f"cp+sync of its output CPU: {res['reference'].cpu_use()}")
     theirs: Job = ([PY, "-c", PEFT_MERGE, str(base), str(adapter), str(OUT / "peft")], False)
     label = "PEFT merge_and_unload + save_pretrained"
     report.add("6GB bf16 + r16 LoRA", label, bench({label: theirs}, 1)[label])
