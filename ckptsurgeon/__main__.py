@@ -12,6 +12,9 @@ _INTERRUPTED = 130
 
 def run() -> None:
     try:
+        from .libc import keep_freed_buffers
+
+        keep_freed_buffers()  # before the first large buffer: see its docstring
         from .cli import main
 
         main()  # answers every later interrupt itself, and exits

@@ -146,3 +146,32 @@ def test_emission_order_is_the_writers_order(tmp_path, single, limit):
     dest = tmp_path / ("one.safetensors" if single else "dir")
     write_checkpoint(empty, dest, tensors, emit, {}, max_shard_size=limit)
     assert seen == [t.name for ordered in emission_order(tensors, dest, limit) for t in ordered]
+
+
+def test_the_command_line_tunes_the_allocator_before_its_modules_load(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """The console script asks glibc to keep freed buffers (fewer fresh pages per chunk) before
+    it imports the CLI; the library itself leaves its host's allocator alone."""
+    import sys
+
+    import ckptsurgeon.__main__ as entry
+    from ckptsurgeon import libc
+
+    calls: list[str] = []
+    monkeypatch.setattr(libc, "keep_freed_buffers", lambda: calls.append("tuned") or True)
+    monkeypatch.setattr(sys, "argv", ["ckptsurgeon", "--version"])
+    with pytest.raises(SystemExit) as exc:
+        entry.run()
+    assert exc.value.code == 0
+    assert calls == ["tuned"]
+
+
+def test_glibc_takes_the_allocator_settings():
+    import platform
+
+    from ckptsurgeon.libc import keep_freed_buffers
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert keep_freed_buffers() is True
