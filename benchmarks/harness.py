@@ -174,7 +174,7 @@ class Runs:
     times: list[float] = field(default_factory=list)
     rss: list[float] = field(default_factory=list)  # MiB
     ratios: list[float] = field(default_factory=list)  # per pair: this / its reference
-    cpu: list[tuple[float, float]] = field(default_factory=list)  # (user s, system s) per run
+    cpu: list[tuple[float, float, int]] = field(default_factory=list)  # user s, system s, faults
 
     @property
     def median(self) -> float:
@@ -189,21 +189,27 @@ class Runs:
         return f"{min(self.times):.2f}-{max(self.times):.2f}"
 
     def cpu_use(self) -> str:
-        """Median CPU seconds of a run, user and system (the process and what it waited for)."""
-        user = statistics.median(u for u, _ in self.cpu)
-        system = statistics.median(s for _, s in self.cpu)
-        return f"{user:.1f} s user + {system:.1f} s system in {self.median:.1f} s"
+        """Median CPU seconds of a run, user and system, and its page faults (the process and
+        what it waited for)."""
+        user = statistics.median(u for u, _, _ in self.cpu)
+        system = statistics.median(s for _, s, _ in self.cpu)
+        faults = statistics.median(f for _, _, f in self.cpu)
+        return (
+            f"{user:.1f} s user + {system:.1f} s system in {self.median:.1f} s, "
+            f"{faults:,.0f} page faults"
+        )
 
 
 TIME = shutil.which("time") or ("/usr/bin/time" if Path("/usr/bin/time").exists() else None)
 
 
-LAST_CPU: list[tuple[float, float]] = []  # (user s, system s) of each run_once, in order
+LAST_CPU: list[tuple[float, float, int]] = []  # user s, system s, page faults of each run
 
 
 def run_once(job: Job) -> tuple[float, float]:
     """Wall time and peak RSS (MiB) of one whole process; its output removed first, untimed.
-    Its CPU time (user, system; with the processes it waited for) is appended to LAST_CPU.
+    Its CPU time (user, system) and minor page faults, with the processes it waited for, are
+    appended to LAST_CPU.
 
     Peak RSS comes from GNU time's %M (the child's maximum resident set); rusage from wait4
     would report at least this script's own size, which a forked child starts from.
@@ -219,7 +225,7 @@ def run_once(job: Job) -> tuple[float, float]:
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - t0
-    LAST_CPU.append((usage.ru_utime, usage.ru_stime))
+    LAST_CPU.append((usage.ru_utime, usage.ru_stime, usage.ru_minflt))
     code = os.waitstatus_to_exitcode(status)
     if code not in (0, 1) or (shell and code != 0):  # diff exits 1 on differences; cp never may
         raise RuntimeError(f"{cmd} exited {code}")

@@ -113,6 +113,7 @@ def suite(report: Report, reps: int) -> None:
     report.target("average within 1.5x of cat 3 + cp+sync 1", ratio <= 1.5, f"{ratio:.2f}x")
     rss = max(res["average"].rss)
     report.target("average peak RSS under 400 MiB", rss < 400, f"{rss:.0f} MiB")
+    report.note(f"average CPU: {res['average'].cpu_use()}")
 
     base, adapter = base_and_adapter()
     warm(base)
