@@ -148,6 +148,12 @@ def test_dry_run_writes_nothing(model_store, tmp_path):
             "Error: Invalid value for '--max-shard-size': '5XB' is not a size",
         ),
         (
+            ["convert", "{src}", "{tmp}", "--max-shard-size", "autox"],
+            "Error: Invalid value for '--max-shard-size': 'autox' is not a size: use a number "
+            "with an optional unit (B, KB, MB, GB, TB = powers of 1000; KiB, MiB, GiB, TiB = "
+            "powers of 1024), e.g. 5GB, or 'auto' (the default) or 'source'",
+        ),
+        (
             ["reinit", "{src}", "{tmp}/o", "--top-layers", "9"],
             "Error: --top-layers 9 is more than the 4 layers found (bert.encoder.layer.0-3) ({src}): give at most 4",
         ),

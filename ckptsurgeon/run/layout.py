@@ -32,7 +32,12 @@ def shard_limit(value: int | str) -> int:
     :data:`SOURCE_SHARDS`) or ``"auto"`` (:data:`AUTO_SHARDS`)."""
     if isinstance(value, str):
         word = value.strip().lower()
-        return KEYWORDS[word] if word in KEYWORDS else parse_size(value)
+        if word in KEYWORDS:
+            return KEYWORDS[word]
+        try:
+            return parse_size(value)
+        except ValueError as exc:  # the sizes' own message, and the words this option takes
+            raise ValueError(f"{exc}, or 'auto' (the default) or 'source'") from None
     return value
 
 
