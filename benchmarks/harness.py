@@ -203,13 +203,9 @@ class Runs:
 TIME = shutil.which("time") or ("/usr/bin/time" if Path("/usr/bin/time").exists() else None)
 
 
-LAST_CPU: list[tuple[float, float, int]] = []  # user s, system s, page faults of each run
-
-
-def run_once(job: Job) -> tuple[float, float]:
-    """Wall time and peak RSS (MiB) of one whole process; its output removed first, untimed.
-    Its CPU time (user, system) and minor page faults, with the processes it waited for, are
-    appended to LAST_CPU.
+def run_once(job: Job) -> tuple[float, float, tuple[float, float, int]]:
+    """Wall time, peak RSS (MiB) and CPU use (user s, system s, minor page faults, with the
+    processes it waited for) of one whole process; its output removed first, untimed.
 
     Peak RSS comes from GNU time's %M (the child's maximum resident set); rusage from wait4
     would report at least this script's own size, which a forked child starts from.
@@ -225,13 +221,13 @@ def run_once(job: Job) -> tuple[float, float]:
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - t0
-    LAST_CPU.append((usage.ru_utime, usage.ru_stime, usage.ru_minflt))
+    cpu = (usage.ru_utime, usage.ru_stime, usage.ru_minflt)
     code = os.waitstatus_to_exitcode(status)
     if code not in (0, 1) or (shell and code != 0):  # diff exits 1 on differences; cp never may
         raise RuntimeError(f"{cmd} exited {code}")
     if TIME:
-        return elapsed, int(rss_file.read_text().split()[-1]) / 1024
-    return elapsed, usage.ru_maxrss / 1024
+        return elapsed, int(rss_file.read_text().split()[-1]) / 1024, cpu
+    return elapsed, usage.ru_maxrss / 1024, cpu
 
 
 def clean_out() -> None:
@@ -245,10 +241,10 @@ def bench(jobs: dict[str, Job], reps: int) -> dict[str, Runs]:
     results = {name: Runs() for name in jobs}
     for _ in range(reps):
         for name, job in jobs.items():
-            t, rss = run_once(job)
+            t, rss, cpu = run_once(job)
             results[name].times.append(t)
             results[name].rss.append(rss)
-            results[name].cpu.append(LAST_CPU[-1])
+            results[name].cpu.append(cpu)
     clean_out()
     return results
 
@@ -269,12 +265,12 @@ def paired(contenders: dict[str, Job], reference: Job, reps: int) -> dict[str, R
             )
             timed: dict[bool, float] = {}
             for j, is_ref in order:
-                t, rss = run_once(j)
+                t, rss, cpu = run_once(j)
                 timed[is_ref] = t
                 runs = ref if is_ref else results[name]
                 runs.times.append(t)
                 runs.rss.append(rss)
-                runs.cpu.append(LAST_CPU[-1])
+                runs.cpu.append(cpu)
             results[name].ratios.append(timed[False] / timed[True])
     clean_out()
     results["reference"] = ref

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import UnsupportedFormatError
 from ..formats.tensorio import TensorInfo, TensorReader
+from ..formats.torch_bin import tensor_bytes
 from ..plan import LoraMerge, PlannedTensor
 
 CHUNK_BYTES = 8 << 20
@@ -46,11 +47,12 @@ class Workspace:
         return have[:numel]
 
 
-def _float32(
+def _widened(
     sources: Sources, where: tuple[int, str], work: Workspace, key: str, wide: str = "float32"
 ) -> Any:
-    """A whole tensor of an input as a float32 (or ``wide``) torch tensor (widened exactly, by
-    torch), in the workspace's ``key`` buffer (tensors of that dtype are read straight in)."""
+    """A whole tensor of an input as a ``wide`` (float32 or float64) torch tensor, widened
+    exactly by torch, in the workspace's ``key`` buffer (tensors of that dtype are read straight
+    in)."""
     import torch
 
     infos, reader = sources[where[0]]
@@ -64,7 +66,7 @@ def _float32(
     native = getattr(torch, _TORCH[info.dtype])
     out = work.get(key, info.nbytes // native.itemsize, wide)
     if native == getattr(torch, wide):  # read straight into the buffer
-        reader.read_into(info, memoryview(out.view(torch.uint8).numpy()).cast("B"))
+        reader.read_into(info, tensor_bytes(out))
     else:  # a chunk at a time into a reused buffer, widened by torch
         step = CHUNK_BYTES - CHUNK_BYTES % native.itemsize
         staging = work.get("staging", min(step, info.nbytes), "uint8")
@@ -110,9 +112,9 @@ def merged_bytes(
         return
     wide = "float64" if p.native == "F64" else "float32"
     with _one_thread(), torch.no_grad():
-        weight = _float32(sources, (0, spec.tensor), work, "weight", wide)
-        a = _float32(sources, spec.a, work, "a", wide)
-        b = _float32(sources, spec.b, work, "b", wide)
+        weight = _widened(sources, (0, spec.tensor), work, "weight", wide)
+        a = _widened(sources, spec.a, work, "a", wide)
+        b = _widened(sources, spec.b, work, "b", wide)
         rows, cols = b.shape[0], a.shape[1]
         delta = work.get("delta", rows * cols, wide).view(rows, cols)
         torch.matmul(b, a, out=delta)
@@ -121,7 +123,7 @@ def merged_bytes(
         delta.mul_(spec.scaling)
         weight += delta
         if spec.magnitude is not None:  # DoRA: PEFT's merge_unsafe
-            magnitude = _float32(sources, spec.magnitude, work, "magnitude", wide)
+            magnitude = _widened(sources, spec.magnitude, work, "magnitude", wide)
             norm = torch.linalg.norm(weight, dim=1).to(weight.dtype)
             weight *= (magnitude / norm).view(-1, 1)
     # rounded once to the base's dtype (to nearest even, torch's own .to()), a chunk at a time:
@@ -132,7 +134,7 @@ def merged_bytes(
     for start in range(0, flat.numel(), step):
         with _one_thread():
             piece = flat[start : start + step].to(native, copy=True)
-        yield memoryview(piece.view(torch.uint8).numpy()).cast("B")
+        yield tensor_bytes(piece)
 
 
 def band_rows(cols: int) -> int:
@@ -159,8 +161,8 @@ def _banded(
     cols = info.nbytes // native.itemsize // max(1, rows)
     # W[i:j] += s * left[i:j] @ right; Conv1D and embeddings hold W transposed: (B @ A).T
     with _one_thread():
-        a = _float32(sources, spec.a, work, "a")
-        b = _float32(sources, spec.b, work, "b")
+        a = _widened(sources, spec.a, work, "a")
+        b = _widened(sources, spec.b, work, "b")
     left, right = (b, a) if spec.kind == "linear" else (a.T, b.T)
     per_band = band_rows(cols)
     row_bytes = cols * native.itemsize
@@ -173,7 +175,7 @@ def _banded(
         reader.read_into(info, memoryview(raw.numpy()).cast("B"), first * row_bytes)
         src = raw.view(native).view(n, cols)
         # a fresh buffer per chunk: chunks wait in the writer's queue while the next are made
-        piece: Any = torch.empty(n, cols, dtype=native)
+        piece = torch.empty(n, cols, dtype=native)
         with _one_thread(), torch.no_grad():
             for i in range(0, n, per_band):
                 j = min(n, i + per_band)
@@ -181,4 +183,4 @@ def _banded(
                 f.copy_(src[i:j])
                 f.addmm_(left[first + i : first + j], right, alpha=spec.scaling)
                 piece[i:j].copy_(f)
-        yield memoryview(piece.view(torch.uint8).numpy()).cast("B")
+        yield tensor_bytes(piece)
